@@ -1,0 +1,1 @@
+//! Google emulator (being written).

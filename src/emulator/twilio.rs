@@ -1,0 +1,1 @@
+//! Twilio emulator (being written).
