@@ -2,5 +2,6 @@
 //! deadline and send them again as SMS, but only once the revocation is known
 //! to have worked.
 
+pub mod domain;
 pub mod emulator;
 pub mod signature;

@@ -1,0 +1,482 @@
+//! The fallback state machine: given what we know about a message and one
+//! thing that happened to it, decide its next state, what work is due, and
+//! what a worker must do. Pure: no clock, no randomness, no I/O. Every caller
+//! (webhook handlers, the API, workers) goes through [`apply`], inside the one
+//! database transaction that also appends the event to the history.
+//!
+//! Two rules carry the product's promise:
+//! - an SMS is never sent once an RCS delivery is known, and never sent twice:
+//!   a send whose fate is unknown is reconciled with Twilio before any retry;
+//! - a revocation that may already have happened is never read as "already
+//!   delivered": a 404 after an unanswered DELETE may mean our own first DELETE
+//!   worked, so the message goes to the confirm window instead of being dropped.
+
+use std::time::Duration;
+
+use super::state::{SmsStatus, State};
+
+/// What the machine needs to know about a message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Facts {
+    pub state: State,
+    /// A DELIVERED or READ arrived (or Google told us so another way).
+    pub rcs_delivered: bool,
+    /// A worker claimed the current step and has not recorded a result: its
+    /// call may be under way, or it died holding the claim.
+    pub in_flight: bool,
+    /// An earlier call for the current step may have taken effect without our
+    /// knowing (a timeout or reset after the request went out).
+    pub in_doubt: bool,
+    pub sms_sid: Option<String>,
+    pub sms_status: Option<SmsStatus>,
+}
+
+impl Facts {
+    pub fn new_pending() -> Facts {
+        Facts {
+            state: State::Pending,
+            rcs_delivered: false,
+            in_flight: false,
+            in_doubt: false,
+            sms_sid: None,
+            sms_status: None,
+        }
+    }
+}
+
+/// Everything that can happen to a message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Input {
+    /// Google: DELIVERED, or READ (which implies delivered).
+    Delivered { read: bool },
+    /// Google's TTL expired the message and revoked it.
+    TtlRevoked,
+    /// Google's TTL expired the message but the revoke failed: it was or is being delivered.
+    TtlRevokeFailed,
+    /// The agent cancelled the fallback through the API.
+    Cancel,
+    /// A worker claimed the message's due step.
+    Claim,
+    /// A worker's DELETE came back (or failed).
+    Revoke(RevokeResult),
+    /// A worker's SMS send came back (or failed).
+    Sms(SmsResult),
+    /// Twilio's status callback.
+    SmsStatus { sid: String, status: SmsStatus },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RevokeResult {
+    /// 200: revoked (or, per the older docs, merely accepted).
+    Revoked,
+    /// 404: nothing to revoke; normally because it was already delivered.
+    NotFound,
+    /// Worth trying again after `delay`. `ambiguous` when the request may
+    /// have reached Google (timeout, reset) rather than being refused.
+    Retry {
+        delay: Duration,
+        ambiguous: bool,
+        detail: String,
+    },
+    /// Google refused in a way retrying cannot fix.
+    Rejected { status: u16, detail: String },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SmsResult {
+    /// Twilio holds the message: just created, or found by reconciliation.
+    Accepted {
+        sid: String,
+        status: SmsStatus,
+        reconciled: bool,
+    },
+    /// Reconciliation found no SMS, and sending was no longer allowed.
+    NotSent,
+    /// Twilio refused in a way retrying cannot fix (e.g. 21211 invalid To).
+    Rejected { code: Option<u32>, detail: String },
+    Retry {
+        delay: Duration,
+        ambiguous: bool,
+        detail: String,
+    },
+}
+
+/// What a worker must do after claiming a message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// DELETE the agent message at Google. `after_doubt`: an earlier DELETE
+    /// may have worked, so a 404 no longer proves delivery.
+    Revoke { after_doubt: bool },
+    /// Send the SMS through Twilio. `reconcile`: first ask Twilio whether an
+    /// earlier attempt created it. `may_send`: whether a new send is allowed
+    /// if none is found (not once the RCS arrived).
+    SendSms { reconcile: bool, may_send: bool },
+}
+
+/// When the message's next step falls due.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Due {
+    /// No more work (final state, or waiting only on outside events).
+    Never,
+    /// Now plus this long, by the database clock.
+    In(Duration),
+    /// Leave as it is.
+    Keep,
+}
+
+/// What happens to a worker's claim on the message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Lease {
+    /// The caller (a worker) takes a fresh claim.
+    Take,
+    /// Any claim ends: a worker recorded its result, or the message moved on
+    /// and a late result from the old claim must be discarded.
+    Release,
+    Keep,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Step {
+    pub state: State,
+    pub rcs_delivered: bool,
+    pub in_doubt: bool,
+    pub sms_sid: Option<String>,
+    pub sms_status: Option<SmsStatus>,
+    pub due: Due,
+    pub lease: Lease,
+    pub action: Option<Action>,
+    /// The history entry's kind.
+    pub event: &'static str,
+    /// Why, for the history, where the input alone does not say.
+    pub note: Option<&'static str>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Record the event and store the step.
+    Apply(Step),
+    /// Record the event; nothing else changes (duplicates, late news).
+    Record {
+        event: &'static str,
+        note: &'static str,
+    },
+    /// The input is not allowed now; record nothing and tell the caller.
+    Refuse { reason: &'static str },
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct Policy {
+    /// How long to wait after a revoke for a racing DELIVERED before the SMS.
+    pub confirm_window: Duration,
+    /// How long a worker's claim lasts before another worker may take over.
+    pub lease: Duration,
+}
+
+pub fn apply(facts: &Facts, input: &Input, policy: &Policy) -> Verdict {
+    use State::*;
+    let f = facts;
+    // A step that keeps everything as it is; each arm below changes what it must.
+    let base = |event: &'static str| Step {
+        state: f.state,
+        rcs_delivered: f.rcs_delivered,
+        in_doubt: f.in_doubt,
+        sms_sid: f.sms_sid.clone(),
+        sms_status: f.sms_status,
+        due: Due::Keep,
+        lease: Lease::Keep,
+        action: None,
+        event,
+        note: None,
+    };
+    // Moving to another state ends the old state's work and any claim on it.
+    let goto = |event: &'static str, state: State, due: Due| Step {
+        state,
+        due,
+        lease: Lease::Release,
+        in_doubt: false,
+        ..base(event)
+    };
+
+    match input {
+        Input::Delivered { read } => {
+            let event = if *read { "rcs_read" } else { "rcs_delivered" };
+            rcs_arrived(f, event, &base, &goto)
+        }
+        Input::TtlRevokeFailed => rcs_arrived(f, "ttl_revoke_failed", &base, &goto),
+
+        Input::TtlRevoked => match f.state {
+            Pending | Revoking => Verdict::Apply(goto(
+                "ttl_revoked",
+                Confirming,
+                Due::In(policy.confirm_window),
+            )),
+            Confirming => Verdict::Record {
+                event: "ttl_revoked",
+                note: "already confirming the revocation",
+            },
+            _ => Verdict::Record {
+                event: "ttl_revoked",
+                note: "arrived after the revocation was settled",
+            },
+        },
+
+        Input::Cancel => match f.state {
+            Pending => Verdict::Apply(goto("cancelled", Cancelled, Due::Never)),
+            Cancelled => Verdict::Refuse {
+                reason: "already cancelled",
+            },
+            s if s.is_final() => Verdict::Refuse {
+                reason: "the message already reached its outcome",
+            },
+            _ => Verdict::Refuse {
+                reason: "revocation has already begun",
+            },
+        },
+
+        Input::Claim => claim(f, policy, &base, &goto),
+
+        Input::Revoke(result) => {
+            if f.state != Revoking || !f.in_flight {
+                return Verdict::Record {
+                    event: revoke_event(result),
+                    note: "late answer: the message had moved on",
+                };
+            }
+            Verdict::Apply(match result {
+                RevokeResult::Revoked => goto(
+                    "revoke_ok",
+                    Confirming,
+                    Due::In(policy.confirm_window),
+                ),
+                RevokeResult::NotFound if f.in_doubt => Step {
+                    note: Some("404 after an unanswered DELETE: our own revoke may have removed it, so confirm instead of assuming delivery"),
+                    ..goto("revoke_not_found", Confirming, Due::In(policy.confirm_window))
+                },
+                RevokeResult::NotFound => Step {
+                    rcs_delivered: true,
+                    ..goto("revoke_not_found", Delivered, Due::Never)
+                },
+                RevokeResult::Retry {
+                    delay, ambiguous, ..
+                } => Step {
+                    in_doubt: f.in_doubt || *ambiguous,
+                    due: Due::In(*delay),
+                    lease: Lease::Release,
+                    ..base("revoke_retry")
+                },
+                RevokeResult::Rejected { .. } => goto("revoke_rejected", Failed, Due::Never),
+            })
+        }
+
+        Input::Sms(result) => {
+            if f.state != SmsSending || !f.in_flight {
+                return Verdict::Record {
+                    event: sms_event(result),
+                    note: "late answer: the message had moved on",
+                };
+            }
+            Verdict::Apply(match result {
+                SmsResult::Accepted { sid, status, .. } => Step {
+                    sms_sid: Some(sid.clone()),
+                    sms_status: Some(*status),
+                    ..goto("sms_accepted", status.message_state(), Due::Never)
+                },
+                SmsResult::NotSent => goto("sms_not_sent", Delivered, Due::Never),
+                SmsResult::Rejected { .. } if f.rcs_delivered => {
+                    goto("sms_rejected", Delivered, Due::Never)
+                }
+                SmsResult::Rejected { .. } => goto("sms_rejected", Failed, Due::Never),
+                SmsResult::Retry {
+                    delay, ambiguous, ..
+                } => {
+                    let in_doubt = f.in_doubt || *ambiguous;
+                    if f.rcs_delivered && !in_doubt {
+                        // Twilio surely has nothing and the RCS arrived: stop here.
+                        Step {
+                            note: Some("the RCS arrived; no SMS will be sent"),
+                            ..goto("sms_retry", Delivered, Due::Never)
+                        }
+                    } else {
+                        Step {
+                            in_doubt,
+                            due: Due::In(*delay),
+                            lease: Lease::Release,
+                            ..base("sms_retry")
+                        }
+                    }
+                }
+            })
+        }
+
+        Input::SmsStatus { sid, status } => sms_status(f, sid, *status, &base, &goto),
+    }
+}
+
+/// DELIVERED, READ and TTL_EXPIRATION_REVOKE_FAILED all say the RCS reached
+/// the phone.
+fn rcs_arrived(
+    f: &Facts,
+    event: &'static str,
+    base: &dyn Fn(&'static str) -> Step,
+    goto: &dyn Fn(&'static str, State, Due) -> Step,
+) -> Verdict {
+    use State::*;
+    let delivered = |step: Step| Step {
+        rcs_delivered: true,
+        ..step
+    };
+    match f.state {
+        Pending | Revoking | Confirming => {
+            Verdict::Apply(delivered(goto(event, Delivered, Due::Never)))
+        }
+        // Nothing has gone to Twilio, or nothing could have arrived there:
+        // the SMS is no longer needed.
+        SmsSending if !f.in_flight && !f.in_doubt => {
+            Verdict::Apply(delivered(goto(event, Delivered, Due::Never)))
+        }
+        _ if f.rcs_delivered => Verdict::Record {
+            event,
+            note: "delivery already known",
+        },
+        // An SMS may be on its way or already out: the state stays (never
+        // backwards) and the outcome becomes "both" if the SMS went out.
+        _ => Verdict::Apply(Step {
+            note: Some("arrived after the SMS may have been sent"),
+            ..delivered(base(event))
+        }),
+    }
+}
+
+fn claim(
+    f: &Facts,
+    policy: &Policy,
+    base: &dyn Fn(&'static str) -> Step,
+    goto: &dyn Fn(&'static str, State, Due) -> Step,
+) -> Verdict {
+    use State::*;
+    let lease = Due::In(policy.lease);
+    // A claim still set at the next claim means its holder died mid-call.
+    let doubt = f.in_doubt || f.in_flight;
+    let take = |step: Step, action: Action| {
+        Verdict::Apply(Step {
+            due: lease,
+            lease: Lease::Take,
+            action: Some(action),
+            ..step
+        })
+    };
+    match f.state {
+        Pending => take(
+            goto("revoke_attempt", Revoking, Due::Keep),
+            Action::Revoke { after_doubt: false },
+        ),
+        Revoking => take(
+            Step {
+                in_doubt: doubt,
+                ..base("revoke_attempt")
+            },
+            Action::Revoke { after_doubt: doubt },
+        ),
+        Confirming => take(
+            goto("sms_attempt", SmsSending, Due::Keep),
+            Action::SendSms {
+                reconcile: false,
+                may_send: true,
+            },
+        ),
+        SmsSending if f.rcs_delivered && !doubt => Verdict::Apply(Step {
+            rcs_delivered: true,
+            note: Some("the RCS arrived; no SMS will be sent"),
+            ..goto("sms_not_sent", Delivered, Due::Never)
+        }),
+        SmsSending => take(
+            Step {
+                in_doubt: doubt,
+                ..base("sms_attempt")
+            },
+            Action::SendSms {
+                reconcile: doubt,
+                may_send: !f.rcs_delivered,
+            },
+        ),
+        // Due work on a state that has none: a leftover; clear it.
+        _ => Verdict::Apply(Step {
+            due: Due::Never,
+            lease: Lease::Release,
+            note: Some("nothing to do in this state"),
+            ..base("claim_ignored")
+        }),
+    }
+}
+
+fn sms_status(
+    f: &Facts,
+    sid: &str,
+    status: SmsStatus,
+    base: &dyn Fn(&'static str) -> Step,
+    goto: &dyn Fn(&'static str, State, Due) -> Step,
+) -> Verdict {
+    use State::*;
+    if f.sms_sid.as_deref().is_some_and(|known| known != sid) {
+        return Verdict::Record {
+            event: "sms_status",
+            note: "callback for an SMS this message did not send",
+        };
+    }
+    match f.state {
+        // The callback beat the worker's own record of the send (or the
+        // response was lost): it proves Twilio took the message.
+        SmsSending => Verdict::Apply(Step {
+            sms_sid: Some(sid.to_owned()),
+            sms_status: Some(status),
+            ..goto("sms_status", status.message_state(), Due::Never)
+        }),
+        SmsSent | SmsDelivered | SmsFailed => {
+            let newer = f
+                .sms_status
+                .is_none_or(|known| status.rank() > known.rank());
+            if !newer {
+                return Verdict::Record {
+                    event: "sms_status",
+                    note: "older than the status already known",
+                };
+            }
+            let state = status.message_state();
+            Verdict::Apply(Step {
+                sms_sid: Some(sid.to_owned()),
+                sms_status: Some(status),
+                ..if state == f.state {
+                    base("sms_status")
+                } else {
+                    goto("sms_status", state, Due::Never)
+                }
+            })
+        }
+        _ => Verdict::Record {
+            event: "sms_status",
+            note: "no SMS is expected for this message",
+        },
+    }
+}
+
+fn revoke_event(r: &RevokeResult) -> &'static str {
+    match r {
+        RevokeResult::Revoked => "revoke_ok",
+        RevokeResult::NotFound => "revoke_not_found",
+        RevokeResult::Retry { .. } => "revoke_retry",
+        RevokeResult::Rejected { .. } => "revoke_rejected",
+    }
+}
+
+fn sms_event(r: &SmsResult) -> &'static str {
+    match r {
+        SmsResult::Accepted { .. } => "sms_accepted",
+        SmsResult::NotSent => "sms_not_sent",
+        SmsResult::Rejected { .. } => "sms_rejected",
+        SmsResult::Retry { .. } => "sms_retry",
+    }
+}
+
+#[cfg(test)]
+#[path = "machine_tests.rs"]
+mod tests;

@@ -1,0 +1,13 @@
+//! The fallback domain, free of HTTP and SQL: the vocabulary of a message's
+//! life, the state machine that moves it, and the small rules around it.
+
+pub mod backoff;
+pub mod machine;
+pub mod phone;
+pub mod state;
+
+pub use machine::{
+    apply, Action, Due, Facts, Input, Lease, Policy, RevokeResult, SmsResult, Step, Verdict,
+};
+pub use phone::Phone;
+pub use state::{Outcome, SmsStatus, State};
