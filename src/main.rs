@@ -1,1 +1,128 @@
-fn main() {}
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+use rbm_fallback::config::Settings;
+
+/// Revoke RCS Business Messaging messages that miss their deadline, and send
+/// them as SMS once the revocation is confirmed.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    /// A TOML file layered over the built-in defaults (see config/default.toml).
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Log format: "text" or "json". RUST_LOG sets the filter (default: info).
+    #[arg(long, global = true, env = "RBMF_LOG_FORMAT", default_value = "text")]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the HTTP server, scheduler and workers (applies pending migrations first).
+    Serve,
+    /// Apply pending database migrations and exit.
+    Migrate,
+    /// Run the service against loopback emulators of Google and Twilio.
+    Sandbox {
+        /// Drive a mixed scenario, print the outcome table, and exit 0 only if
+        /// every message reached the outcome the simulation implies.
+        #[arg(long)]
+        demo: bool,
+        /// Port for the service (0: any free port).
+        #[arg(long, default_value_t = 8080)]
+        port: u16,
+    },
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    let runtime = tokio::runtime::Runtime::new().expect("cannot start the async runtime");
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
+    match cli.command {
+        Command::Serve => {
+            let settings = Settings::load(cli.config.as_deref())?;
+            let listener = tokio::net::TcpListener::bind(settings.server.listen)
+                .await
+                .with_context(|| {
+                    format!("cannot listen on {} (RBMF_LISTEN)", settings.server.listen)
+                })?;
+            rbm_fallback::app::run(settings, listener, shutdown_signal()).await?;
+        }
+        Command::Migrate => {
+            let db = Settings::load_database(cli.config.as_deref())?;
+            let store =
+                rbm_fallback::app::connect_store(&db, std::time::Duration::from_secs(1)).await?;
+            rbm_fallback::app::migrate(&store, std::time::Duration::from_secs(60)).await?;
+            tracing::info!("migrations applied");
+        }
+        Command::Sandbox { demo, port } => {
+            let ok = rbm_fallback::sandbox::run(
+                rbm_fallback::sandbox::Options { demo, port },
+                shutdown_signal(),
+            )
+            .await?;
+            if !ok {
+                return Ok(std::process::ExitCode::FAILURE);
+            }
+        }
+    }
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+/// Cancelled on SIGTERM or Ctrl-C.
+fn shutdown_signal() -> CancellationToken {
+    let token = CancellationToken::new();
+    let cancel = token.clone();
+    tokio::spawn(async move {
+        let ctrl_c = tokio::signal::ctrl_c();
+        #[cfg(unix)]
+        {
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .expect("cannot install the SIGTERM handler");
+            tokio::select! {
+                _ = ctrl_c => {}
+                _ = term.recv() => {}
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = ctrl_c.await;
+        tracing::info!("shutdown requested");
+        cancel.cancel();
+    });
+    token
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn,tower_http=warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}

@@ -1,0 +1,775 @@
+//! Configuration: the documented defaults in `config/default.toml`, an
+//! optional file, then the environment; validated once at start so a bad
+//! setting stops the process with a message naming it, never later mid-flight.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+pub const DEFAULTS: &str = include_str!("../config/default.toml");
+
+/// Stable environment names and the setting each one sets.
+const ENV_NAMES: &[(&str, &str, &str)] = &[
+    ("RBMF_LISTEN", "server", "listen"),
+    ("RBMF_PUBLIC_URL", "server", "public_url"),
+    ("RBMF_API_TOKEN", "server", "api_tokens"),
+    ("DATABASE_URL", "database", "url"),
+    ("RBMF_RBM_AGENT_ID", "rbm", "agent_id"),
+    ("RBMF_RBM_CLIENT_TOKEN", "rbm", "client_token"),
+    ("RBMF_RBM_BASE_URL", "rbm", "base_url"),
+    ("RBMF_RBM_SERVICE_ACCOUNT_KEY", "rbm", "service_account_key"),
+    ("RBMF_TWILIO_BASE_URL", "twilio", "base_url"),
+    ("RBMF_TWILIO_ACCOUNT_SID", "twilio", "account_sid"),
+    ("RBMF_TWILIO_AUTH_TOKEN", "twilio", "auth_token"),
+    ("RBMF_TWILIO_FROM", "twilio", "from"),
+    (
+        "RBMF_TWILIO_MESSAGING_SERVICE_SID",
+        "twilio",
+        "messaging_service_sid",
+    ),
+    ("RBMF_CONFIRM_WINDOW_MS", "fallback", "confirm_window_ms"),
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid TOML: {message}")]
+    Syntax { path: String, message: String },
+    #[error("invalid setting {setting}: {message}")]
+    Invalid { setting: String, message: String },
+}
+
+/// A secret: usable, but never printed by `Debug` or `Display`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Secret {
+        Secret(s.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub server: ServerSettings,
+    pub database: DatabaseSettings,
+    pub rbm: RbmSettings,
+    pub twilio: TwilioSettings,
+    pub fallback: FallbackSettings,
+    pub worker: WorkerSettings,
+}
+
+#[derive(Clone, Debug)]
+pub struct ServerSettings {
+    pub listen: SocketAddr,
+    /// Without a trailing slash.
+    pub public_url: String,
+    pub api_tokens: Vec<Secret>,
+    pub request_timeout: Duration,
+    pub body_limit_bytes: usize,
+    pub shutdown_grace: Duration,
+}
+
+#[derive(Clone, Debug)]
+pub struct DatabaseSettings {
+    pub url: Secret,
+    pub max_connections: u32,
+    pub acquire_timeout: Duration,
+}
+
+#[derive(Clone, Debug)]
+pub struct RbmSettings {
+    /// Bare agent id, without "@rbm.goog".
+    pub agent_id: String,
+    pub client_token: Secret,
+    pub base_url: String,
+    pub service_account_key: PathBuf,
+    pub timeout: Duration,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SmsSender {
+    From(String),
+    MessagingService(String),
+}
+
+#[derive(Clone, Debug)]
+pub struct TwilioSettings {
+    pub base_url: String,
+    pub account_sid: String,
+    pub auth_token: Secret,
+    pub sender: SmsSender,
+    pub timeout: Duration,
+}
+
+#[derive(Clone, Debug)]
+pub struct FallbackSettings {
+    pub confirm_window: Duration,
+    pub max_deadline: Duration,
+}
+
+#[derive(Clone, Debug)]
+pub struct WorkerSettings {
+    pub concurrency: usize,
+    pub batch_size: usize,
+    pub lease: Duration,
+    pub max_idle: Duration,
+    pub retry_base: Duration,
+    pub retry_cap: Duration,
+}
+
+/// Strips the "@rbm.goog" that webhook payloads carry: both forms name one agent.
+pub fn bare_agent_id(id: &str) -> &str {
+    id.strip_suffix("@rbm.goog").unwrap_or(id)
+}
+
+impl Settings {
+    /// Loads from the built-in defaults, `file` if given, and the process environment.
+    pub fn load(file: Option<&Path>) -> Result<Settings, ConfigError> {
+        Settings::load_with(file, &|name| std::env::var(name).ok())
+    }
+
+    /// As [`Settings::load`], with the environment supplied by the caller.
+    pub fn load_with(
+        file: Option<&Path>,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Settings, ConfigError> {
+        let raw: Raw = deserialize(layered(file, env)?)?;
+        raw.validate()
+    }
+
+    /// Only the database settings, for commands (like `migrate`) that need
+    /// nothing else configured.
+    pub fn load_database(file: Option<&Path>) -> Result<DatabaseSettings, ConfigError> {
+        let mut tree = layered(file, &|name| std::env::var(name).ok())?;
+        let db: RawDatabase = deserialize(
+            tree.remove("database")
+                .unwrap_or_else(|| toml::Table::new().into()),
+        )?;
+        db.validate()
+    }
+
+    /// The environment a deployment would set to reproduce these settings;
+    /// the sandbox uses it to wire the real server through ordinary configuration.
+    pub fn env_name_of(section: &str, key: &str) -> String {
+        ENV_NAMES
+            .iter()
+            .find(|(_, s, k)| *s == section && *k == key)
+            .map(|(name, _, _)| (*name).to_owned())
+            .unwrap_or_else(|| format!("RBMF__{}__{}", section.to_uppercase(), key.to_uppercase()))
+    }
+}
+
+/// Defaults, then the file, then the environment, as one TOML tree.
+fn layered(
+    file: Option<&Path>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<toml::Table, ConfigError> {
+    let mut tree = parse("config/default.toml (built in)", DEFAULTS)?;
+    if let Some(path) = file {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        merge(&mut tree, parse(&path.display().to_string(), &text)?);
+    }
+    apply_env(&mut tree, env)?;
+    Ok(tree)
+}
+
+fn deserialize<T: serde::de::DeserializeOwned>(
+    tree: impl Into<toml::Value>,
+) -> Result<T, ConfigError> {
+    // serde names the offending key in its message.
+    tree.into()
+        .try_into()
+        .map_err(|e: toml::de::Error| ConfigError::Invalid {
+            setting: "(config file)".into(),
+            message: e.message().to_owned(),
+        })
+}
+
+fn parse(path: &str, text: &str) -> Result<toml::Table, ConfigError> {
+    text.parse::<toml::Table>()
+        .map_err(|e| ConfigError::Syntax {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })
+}
+
+fn merge(base: &mut toml::Table, over: toml::Table) {
+    for (key, value) in over {
+        match (base.get_mut(&key), value) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(o)) => merge(b, o),
+            (_, value) => {
+                base.insert(key, value);
+            }
+        }
+    }
+}
+
+fn apply_env(
+    tree: &mut toml::Table,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<(), ConfigError> {
+    let mut overrides: BTreeMap<(String, String), (String, String)> = BTreeMap::new();
+    // Generic names first, so that the stable names win where both are set.
+    for (section, table) in tree.iter() {
+        let Some(table) = table.as_table() else {
+            continue;
+        };
+        for key in table.keys() {
+            let name = format!("RBMF__{}__{}", section.to_uppercase(), key.to_uppercase());
+            if let Some(v) = env(&name) {
+                overrides.insert((section.clone(), key.clone()), (name, v));
+            }
+        }
+    }
+    for (name, section, key) in ENV_NAMES {
+        if let Some(v) = env(name) {
+            overrides.insert(
+                (section.to_string(), key.to_string()),
+                (name.to_string(), v),
+            );
+        }
+    }
+    for ((section, key), (name, raw)) in overrides {
+        let table = tree
+            .get_mut(&section)
+            .and_then(|t| t.as_table_mut())
+            .expect("sections come from the defaults");
+        let value = match table.get(&key) {
+            Some(toml::Value::Integer(_)) => raw
+                .trim()
+                .parse::<i64>()
+                .map(toml::Value::Integer)
+                .map_err(|_| ConfigError::Invalid {
+                    setting: name.clone(),
+                    message: format!("expected a whole number, got {raw:?}"),
+                })?,
+            Some(toml::Value::Boolean(_)) => raw
+                .trim()
+                .parse::<bool>()
+                .map(toml::Value::Boolean)
+                .map_err(|_| ConfigError::Invalid {
+                setting: name.clone(),
+                message: format!("expected true or false, got {raw:?}"),
+            })?,
+            Some(toml::Value::Array(_)) => toml::Value::Array(
+                raw.split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(|s| toml::Value::String(s.to_owned()))
+                    .collect(),
+            ),
+            _ => toml::Value::String(raw),
+        };
+        table.insert(key, value);
+    }
+    Ok(())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Raw {
+    server: RawServer,
+    database: RawDatabase,
+    rbm: RawRbm,
+    twilio: RawTwilio,
+    fallback: RawFallback,
+    worker: RawWorker,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    listen: String,
+    public_url: String,
+    api_tokens: Vec<String>,
+    request_timeout_ms: u64,
+    body_limit_bytes: usize,
+    shutdown_grace_ms: u64,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDatabase {
+    url: String,
+    max_connections: u32,
+    acquire_timeout_ms: u64,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRbm {
+    agent_id: String,
+    client_token: String,
+    base_url: String,
+    service_account_key: String,
+    timeout_ms: u64,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTwilio {
+    base_url: String,
+    account_sid: String,
+    auth_token: String,
+    from: String,
+    messaging_service_sid: String,
+    timeout_ms: u64,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFallback {
+    confirm_window_ms: u64,
+    max_deadline_secs: u64,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWorker {
+    concurrency: usize,
+    batch_size: usize,
+    lease_ms: u64,
+    max_idle_ms: u64,
+    retry_base_ms: u64,
+    retry_cap_ms: u64,
+}
+
+impl RawDatabase {
+    fn validate(&self) -> Result<DatabaseSettings, ConfigError> {
+        let url = required("database", "url", &self.url)?;
+        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            return Err(invalid(
+                "database",
+                "url",
+                "must start with postgres:// or postgresql://",
+            ));
+        }
+        if self.max_connections == 0 {
+            return Err(invalid("database", "max_connections", "must be at least 1"));
+        }
+        Ok(DatabaseSettings {
+            url: Secret::new(url),
+            max_connections: self.max_connections,
+            acquire_timeout: millis(
+                "database",
+                "acquire_timeout_ms",
+                self.acquire_timeout_ms,
+                10,
+                120_000,
+            )?,
+        })
+    }
+}
+
+fn invalid(section: &str, key: &str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        setting: format!("{} ({section}.{key})", Settings::env_name_of(section, key)),
+        message: message.into(),
+    }
+}
+
+fn required(section: &str, key: &str, value: &str) -> Result<String, ConfigError> {
+    let v = value.trim();
+    if v.is_empty() {
+        Err(invalid(section, key, "is required"))
+    } else {
+        Ok(v.to_owned())
+    }
+}
+
+fn http_url(section: &str, key: &str, value: &str) -> Result<String, ConfigError> {
+    let v = required(section, key, value)?;
+    let parsed = reqwest::Url::parse(&v)
+        .map_err(|e| invalid(section, key, format!("not a URL ({e}): {v:?}")))?;
+    if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
+        return Err(invalid(
+            section,
+            key,
+            format!("must be an http(s) URL, got {v:?}"),
+        ));
+    }
+    if parsed.query().is_some() || parsed.fragment().is_some() {
+        return Err(invalid(section, key, "must not have a query or fragment"));
+    }
+    Ok(v.trim_end_matches('/').to_owned())
+}
+
+fn millis(section: &str, key: &str, ms: u64, min: u64, max: u64) -> Result<Duration, ConfigError> {
+    if ms < min || ms > max {
+        return Err(invalid(
+            section,
+            key,
+            format!("must be between {min} and {max} ms, got {ms}"),
+        ));
+    }
+    Ok(Duration::from_millis(ms))
+}
+
+impl Raw {
+    fn validate(self) -> Result<Settings, ConfigError> {
+        let s = &self.server;
+        let listen = s.listen.trim().parse::<SocketAddr>().map_err(|_| {
+            invalid(
+                "server",
+                "listen",
+                format!(
+                    "expected host:port such as 0.0.0.0:8080, got {:?}",
+                    s.listen
+                ),
+            )
+        })?;
+        let public_url = http_url("server", "public_url", &s.public_url)?;
+        let api_tokens: Vec<Secret> = s
+            .api_tokens
+            .iter()
+            .map(|t| t.trim())
+            .filter(|t| !t.is_empty())
+            .map(Secret::new)
+            .collect();
+        if api_tokens.is_empty() {
+            return Err(invalid(
+                "server",
+                "api_tokens",
+                "is required (at least one token)",
+            ));
+        }
+        if api_tokens.iter().any(|t| t.expose().len() < 16) {
+            return Err(invalid(
+                "server",
+                "api_tokens",
+                "each token must be at least 16 characters",
+            ));
+        }
+        if s.body_limit_bytes < 1024 {
+            return Err(invalid(
+                "server",
+                "body_limit_bytes",
+                "must be at least 1024",
+            ));
+        }
+        let server = ServerSettings {
+            listen,
+            public_url,
+            api_tokens,
+            request_timeout: millis(
+                "server",
+                "request_timeout_ms",
+                s.request_timeout_ms,
+                100,
+                300_000,
+            )?,
+            body_limit_bytes: s.body_limit_bytes,
+            shutdown_grace: millis(
+                "server",
+                "shutdown_grace_ms",
+                s.shutdown_grace_ms,
+                0,
+                600_000,
+            )?,
+        };
+
+        let database = self.database.validate()?;
+
+        let r = &self.rbm;
+        let agent_id = bare_agent_id(&required("rbm", "agent_id", &r.agent_id)?).to_owned();
+        if !agent_id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        {
+            return Err(invalid(
+                "rbm",
+                "agent_id",
+                format!("unexpected characters in {agent_id:?}"),
+            ));
+        }
+        let rbm = RbmSettings {
+            agent_id,
+            client_token: Secret::new(required("rbm", "client_token", &r.client_token)?),
+            base_url: http_url("rbm", "base_url", &r.base_url)?,
+            service_account_key: PathBuf::from(required(
+                "rbm",
+                "service_account_key",
+                &r.service_account_key,
+            )?),
+            timeout: millis("rbm", "timeout_ms", r.timeout_ms, 100, 120_000)?,
+        };
+
+        let t = &self.twilio;
+        let sender = match (t.from.trim(), t.messaging_service_sid.trim()) {
+            ("", "") => {
+                return Err(invalid(
+                    "twilio",
+                    "from",
+                    "set RBMF_TWILIO_FROM or RBMF_TWILIO_MESSAGING_SERVICE_SID",
+                ))
+            }
+            (from, "") => SmsSender::From(from.to_owned()),
+            ("", mss) if mss.starts_with("MG") => SmsSender::MessagingService(mss.to_owned()),
+            ("", _) => {
+                return Err(invalid(
+                    "twilio",
+                    "messaging_service_sid",
+                    "must start with MG",
+                ))
+            }
+            _ => {
+                return Err(invalid(
+                    "twilio",
+                    "from",
+                    "set only one of RBMF_TWILIO_FROM and RBMF_TWILIO_MESSAGING_SERVICE_SID",
+                ))
+            }
+        };
+        let account_sid = required("twilio", "account_sid", &t.account_sid)?;
+        if !account_sid.starts_with("AC") {
+            return Err(invalid("twilio", "account_sid", "must start with AC"));
+        }
+        let twilio = TwilioSettings {
+            base_url: http_url("twilio", "base_url", &t.base_url)?,
+            account_sid,
+            auth_token: Secret::new(required("twilio", "auth_token", &t.auth_token)?),
+            sender,
+            timeout: millis("twilio", "timeout_ms", t.timeout_ms, 100, 120_000)?,
+        };
+
+        let f = &self.fallback;
+        let fallback = FallbackSettings {
+            confirm_window: millis(
+                "fallback",
+                "confirm_window_ms",
+                f.confirm_window_ms,
+                0,
+                3_600_000,
+            )?,
+            max_deadline: Duration::from_secs(f.max_deadline_secs),
+        };
+        if f.max_deadline_secs == 0 {
+            return Err(invalid("fallback", "max_deadline_secs", "must be positive"));
+        }
+
+        let w = &self.worker;
+        if w.concurrency == 0 || w.batch_size == 0 {
+            return Err(invalid(
+                "worker",
+                "concurrency",
+                "concurrency and batch_size must be at least 1",
+            ));
+        }
+        let worker = WorkerSettings {
+            concurrency: w.concurrency,
+            batch_size: w.batch_size,
+            lease: millis("worker", "lease_ms", w.lease_ms, 1_000, 3_600_000)?,
+            max_idle: millis("worker", "max_idle_ms", w.max_idle_ms, 10, 60_000)?,
+            retry_base: millis("worker", "retry_base_ms", w.retry_base_ms, 1, 600_000)?,
+            retry_cap: millis("worker", "retry_cap_ms", w.retry_cap_ms, 1, 86_400_000)?,
+        };
+        let longest_call = rbm.timeout.max(twilio.timeout);
+        if worker.lease <= longest_call {
+            return Err(invalid(
+                "worker",
+                "lease_ms",
+                format!("must exceed the longest outbound timeout ({} ms), or a live call could be taken over", longest_call.as_millis()),
+            ));
+        }
+
+        Ok(Settings {
+            server,
+            database,
+            rbm,
+            twilio,
+            fallback,
+            worker,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn base_env() -> HashMap<&'static str, &'static str> {
+        HashMap::from([
+            ("RBMF_PUBLIC_URL", "https://fallback.example.com/"),
+            (
+                "RBMF_API_TOKEN",
+                "token-aaaaaaaaaaaaaaaa, token-bbbbbbbbbbbbbbbb",
+            ),
+            ("RBMF_RBM_AGENT_ID", "my-agent@rbm.goog"),
+            ("RBMF_RBM_CLIENT_TOKEN", "client-token"),
+            ("RBMF_RBM_SERVICE_ACCOUNT_KEY", "/etc/rbm/key.json"),
+            ("RBMF_TWILIO_ACCOUNT_SID", "AC0123"),
+            ("RBMF_TWILIO_AUTH_TOKEN", "twilio-secret"),
+            ("RBMF_TWILIO_FROM", "+14155550100"),
+        ])
+    }
+
+    fn load(env: &HashMap<&str, &str>) -> Result<Settings, ConfigError> {
+        Settings::load_with(None, &|k| env.get(k).map(|v| v.to_string()))
+    }
+
+    fn error_of(env: &HashMap<&str, &str>) -> String {
+        load(env).expect_err("should be refused").to_string()
+    }
+
+    #[test]
+    fn defaults_plus_the_required_settings_load() {
+        let s = load(&base_env()).unwrap();
+        assert_eq!(s.server.listen.to_string(), "0.0.0.0:8080");
+        assert_eq!(s.server.public_url, "https://fallback.example.com");
+        assert_eq!(s.server.api_tokens.len(), 2);
+        assert_eq!(s.rbm.agent_id, "my-agent");
+        assert_eq!(
+            s.rbm.base_url,
+            "https://rcsbusinessmessaging.googleapis.com"
+        );
+        assert_eq!(s.twilio.base_url, "https://api.twilio.com");
+        assert_eq!(s.twilio.sender, SmsSender::From("+14155550100".into()));
+        assert_eq!(s.fallback.confirm_window, Duration::from_millis(5000));
+    }
+
+    #[test]
+    fn the_stable_environment_names_override() {
+        let mut env = base_env();
+        env.insert("RBMF_LISTEN", "127.0.0.1:9999");
+        env.insert("RBMF_CONFIRM_WINDOW_MS", "1500");
+        env.insert("RBMF_RBM_BASE_URL", "http://127.0.0.1:1234");
+        env.insert("RBMF_TWILIO_BASE_URL", "http://127.0.0.1:5678/");
+        env.insert("DATABASE_URL", "postgres://u:p@db/x");
+        let s = load(&env).unwrap();
+        assert_eq!(s.server.listen.port(), 9999);
+        assert_eq!(s.fallback.confirm_window, Duration::from_millis(1500));
+        assert_eq!(s.rbm.base_url, "http://127.0.0.1:1234");
+        assert_eq!(s.twilio.base_url, "http://127.0.0.1:5678");
+        assert_eq!(s.database.url.expose(), "postgres://u:p@db/x");
+    }
+
+    #[test]
+    fn generic_names_reach_every_setting() {
+        let mut env = base_env();
+        env.insert("RBMF__WORKER__CONCURRENCY", "7");
+        assert_eq!(load(&env).unwrap().worker.concurrency, 7);
+        env.insert("RBMF__WORKER__CONCURRENCY", "many");
+        assert!(error_of(&env).contains("RBMF__WORKER__CONCURRENCY"));
+    }
+
+    #[test]
+    fn a_file_layers_between_defaults_and_environment() {
+        let dir = std::env::temp_dir().join(format!("rbmf-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("c.toml");
+        std::fs::write(
+            &path,
+            "[worker]\nconcurrency = 3\n[fallback]\nconfirm_window_ms = 10\n",
+        )
+        .unwrap();
+        let mut env = base_env();
+        env.insert("RBMF_CONFIRM_WINDOW_MS", "20");
+        let s = Settings::load_with(Some(&path), &|k| env.get(k).map(|v| v.to_string())).unwrap();
+        assert_eq!(s.worker.concurrency, 3);
+        assert_eq!(s.fallback.confirm_window, Duration::from_millis(20));
+
+        std::fs::write(&path, "[worker]\nconcurency = 3\n").unwrap();
+        let err = Settings::load_with(Some(&path), &|k| env.get(k).map(|v| v.to_string()))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("concurency"), "{err}");
+        std::fs::write(&path, "[worker\n").unwrap();
+        assert!(matches!(
+            Settings::load_with(Some(&path), &|_| None),
+            Err(ConfigError::Syntax { .. })
+        ));
+    }
+
+    #[test]
+    fn missing_settings_are_named() {
+        for name in [
+            "RBMF_PUBLIC_URL",
+            "RBMF_API_TOKEN",
+            "RBMF_RBM_AGENT_ID",
+            "RBMF_RBM_CLIENT_TOKEN",
+            "RBMF_RBM_SERVICE_ACCOUNT_KEY",
+            "RBMF_TWILIO_ACCOUNT_SID",
+            "RBMF_TWILIO_AUTH_TOKEN",
+            "RBMF_TWILIO_FROM",
+        ] {
+            let mut env = base_env();
+            env.remove(name);
+            let err = error_of(&env);
+            assert!(err.contains(name), "{name}: {err}");
+        }
+    }
+
+    #[test]
+    fn invalid_settings_are_named() {
+        let cases = [
+            ("RBMF_LISTEN", "localhost", "RBMF_LISTEN"),
+            ("RBMF_PUBLIC_URL", "ftp://x", "RBMF_PUBLIC_URL"),
+            ("RBMF_PUBLIC_URL", "https://x/?a=1", "RBMF_PUBLIC_URL"),
+            ("RBMF_API_TOKEN", "short", "RBMF_API_TOKEN"),
+            ("RBMF_CONFIRM_WINDOW_MS", "-5", "RBMF_CONFIRM_WINDOW_MS"),
+            ("RBMF_TWILIO_ACCOUNT_SID", "XX1", "RBMF_TWILIO_ACCOUNT_SID"),
+            ("DATABASE_URL", "mysql://x", "DATABASE_URL"),
+            (
+                "RBMF_TWILIO_MESSAGING_SERVICE_SID",
+                "MG123",
+                "RBMF_TWILIO_FROM",
+            ),
+        ];
+        for (name, value, named) in cases {
+            let mut env = base_env();
+            env.insert(name, value);
+            let err = error_of(&env);
+            assert!(err.contains(named), "{name}={value}: {err}");
+        }
+    }
+
+    #[test]
+    fn messaging_service_may_replace_from() {
+        let mut env = base_env();
+        env.remove("RBMF_TWILIO_FROM");
+        env.insert("RBMF_TWILIO_MESSAGING_SERVICE_SID", "MG0123");
+        assert_eq!(
+            load(&env).unwrap().twilio.sender,
+            SmsSender::MessagingService("MG0123".into())
+        );
+    }
+
+    #[test]
+    fn secrets_never_show_in_debug_output() {
+        let mut env = base_env();
+        env.insert("DATABASE_URL", "postgres://user:hunter2@db/x");
+        let s = load(&env).unwrap();
+        let dump = format!("{s:?}");
+        for secret in [
+            "hunter2",
+            "client-token",
+            "twilio-secret",
+            "token-aaaaaaaaaaaaaaaa",
+        ] {
+            assert!(!dump.contains(secret), "{secret} leaked: {dump}");
+        }
+        assert!(dump.contains("[redacted]"));
+    }
+}

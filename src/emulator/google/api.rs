@@ -1,0 +1,342 @@
+//! The RBM REST surface: routes, Google's error body, and the checks every
+//! call passes (bearer token, agent id, phone format) before its own logic.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::{Json, Router};
+use chrono::{DateTime, Utc};
+use serde_json::{json, Value};
+use tokio::time::Instant;
+
+use super::{is_e164, oauth, Expiry, Inner, RevokeRecord};
+
+type Params = Query<HashMap<String, String>>;
+
+pub(super) fn router(inner: Arc<Inner>) -> Router {
+    Router::new()
+        .route("/token", post(oauth::token))
+        .route("/v1/phones/{phone}/agentMessages", post(send))
+        .route(
+            "/v1/phones/{phone}/agentMessages/{message_id}",
+            delete(revoke),
+        )
+        .route("/v1/phones/{phone}/capabilities", get(capabilities))
+        .route("/emulator/agent-send", post(control_send))
+        .fallback(|| async {
+            google_error(StatusCode::NOT_FOUND, "Requested entity was not found.")
+        })
+        .with_state(inner)
+}
+
+/// Google's JSON error body; the status name follows google.rpc.Code.
+pub(super) fn google_error(code: StatusCode, message: &str) -> Response {
+    let status = match code.as_u16() {
+        400 => "INVALID_ARGUMENT",
+        401 => "UNAUTHENTICATED",
+        403 => "PERMISSION_DENIED",
+        404 => "NOT_FOUND",
+        409 => "ABORTED",
+        429 => "RESOURCE_EXHAUSTED",
+        499 => "CANCELLED",
+        501 => "UNIMPLEMENTED",
+        503 => "UNAVAILABLE",
+        504 => "DEADLINE_EXCEEDED",
+        500 => "INTERNAL",
+        _ => "UNKNOWN",
+    };
+    let body = json!({ "error": { "code": code.as_u16(), "message": message, "status": status } });
+    (code, Json(body)).into_response()
+}
+
+/// Why a call was refused before reaching its own logic.
+struct Rejection(StatusCode, &'static str);
+
+impl IntoResponse for Rejection {
+    fn into_response(self) -> Response {
+        google_error(self.0, self.1)
+    }
+}
+
+/// The checks shared by every RBM call, in Google's order: credentials, then
+/// the agent the credentials act for, then the resource name.
+fn authorize(
+    inner: &Inner,
+    headers: &HeaderMap,
+    params: &HashMap<String, String>,
+    phone: &str,
+) -> Result<(), Rejection> {
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim());
+    let now = Instant::now();
+    let valid = bearer.is_some_and(|t| {
+        inner
+            .st()
+            .access_tokens
+            .get(t)
+            .is_some_and(|exp| *exp > now)
+    });
+    if !valid {
+        return Err(Rejection(
+            StatusCode::UNAUTHORIZED,
+            "Request had invalid authentication credentials.",
+        ));
+    }
+    let agent = params.get("agentId").map(String::as_str).unwrap_or("");
+    if !inner.agent_matches(agent) {
+        return Err(Rejection(
+            StatusCode::FORBIDDEN,
+            "The caller does not have permission",
+        ));
+    }
+    if !is_e164(phone) {
+        return Err(Rejection(
+            StatusCode::BAD_REQUEST,
+            "Request contains an invalid argument: phone number must be in E.164 format.",
+        ));
+    }
+    Ok(())
+}
+
+async fn revoke(
+    State(inner): State<Arc<Inner>>,
+    Path((phone, message_id)): Path<(String, String)>,
+    Query(params): Params,
+    headers: HeaderMap,
+) -> Response {
+    let received_at = Utc::now();
+    inner.revoke_arrivals.send_modify(|n| *n += 1);
+    let mut hold = inner.revoke_hold.subscribe();
+    // An error means the emulator is gone; nothing left to wait for.
+    let _ = hold.wait_for(|held| !*held).await;
+    let resp = match authorize(&inner, &headers, &params, &phone) {
+        Err(rejection) => rejection.into_response(),
+        Ok(()) => revoke_answer(inner.revoke(&phone, &message_id)),
+    };
+    inner.record_revoke(RevokeRecord {
+        phone,
+        message_id,
+        agent_id: params.get("agentId").cloned().unwrap_or_default(),
+        received_at,
+        status: resp.status().as_u16(),
+    });
+    resp
+}
+
+fn revoke_answer(status: u16) -> Response {
+    let code = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    match code.as_u16() {
+        200 => (StatusCode::OK, Json(json!({}))).into_response(),
+        404 => google_error(code, "Requested entity was not found."),
+        429 => {
+            let mut resp = google_error(code, "Resource has been exhausted (e.g. check quota).");
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+            resp
+        }
+        503 => google_error(code, "The service is currently unavailable."),
+        c if c >= 400 => google_error(code, "Internal error encountered."),
+        // An injected non-error status is answered as given.
+        _ => (code, Json(json!({}))).into_response(),
+    }
+}
+
+async fn send(
+    State(inner): State<Arc<Inner>>,
+    Path(phone): Path<String>,
+    Query(params): Params,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if let Err(rejection) = authorize(&inner, &headers, &params, &phone) {
+        return rejection.into_response();
+    }
+    let message_id = match params.get("messageId") {
+        Some(id) if uuid::Uuid::parse_str(id).is_ok() => id.clone(),
+        Some(_) => return bad_request("messageId must be a UUID."),
+        None => return bad_request("Missing required parameter: messageId."),
+    };
+    let req = match parse_send_body(&body) {
+        Ok(req) => req,
+        Err(msg) => return bad_request(&msg),
+    };
+    let resource = inner.send_message(
+        &phone,
+        &message_id,
+        req.content,
+        req.traffic_type,
+        req.expiry,
+    );
+    (StatusCode::OK, Json(resource)).into_response()
+}
+
+fn bad_request(detail: &str) -> Response {
+    google_error(
+        StatusCode::BAD_REQUEST,
+        &format!("Request contains an invalid argument: {detail}"),
+    )
+}
+
+#[derive(Debug)]
+struct SendBody {
+    content: Value,
+    traffic_type: Option<String>,
+    expiry: Option<Expiry>,
+}
+
+fn parse_send_body(body: &[u8]) -> Result<SendBody, String> {
+    let v: Value =
+        serde_json::from_slice(body).map_err(|e| format!("Invalid JSON payload: {e}"))?;
+    let content = match v.get("contentMessage") {
+        Some(c @ Value::Object(_)) => c.clone(),
+        _ => return Err("contentMessage is required.".to_owned()),
+    };
+    let traffic_type = match v.get("messageTrafficType") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(t)) => Some(t.clone()),
+        Some(_) => return Err("messageTrafficType must be a string.".to_owned()),
+    };
+    let expiry = match (v.get("ttl"), v.get("expireTime")) {
+        (Some(_), Some(_)) => return Err("only one of ttl and expireTime may be set.".to_owned()),
+        (Some(t), None) => Some(Expiry::Ttl(
+            t.as_str()
+                .and_then(parse_duration)
+                .ok_or_else(|| format!("invalid ttl {t}."))?,
+        )),
+        (None, Some(e)) => Some(Expiry::At(
+            e.as_str()
+                .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
+                .ok_or_else(|| format!("invalid expireTime {e}."))?
+                .with_timezone(&Utc),
+        )),
+        (None, None) => None,
+    };
+    Ok(SendBody {
+        content,
+        traffic_type,
+        expiry,
+    })
+}
+
+/// The JSON form of google.protobuf.Duration: seconds with up to nine
+/// fractional digits and an "s" suffix, e.g. "600s" or "3.5s".
+fn parse_duration(s: &str) -> Option<Duration> {
+    let num = s.strip_suffix('s')?;
+    let (whole, frac) = num.split_once('.').unwrap_or((num, ""));
+    if whole.is_empty() || !whole.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    if frac.len() > 9 || !frac.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let secs: u64 = whole.parse().ok()?;
+    let nanos: u32 = if frac.is_empty() {
+        0
+    } else {
+        format!("{frac:0<9}").parse().ok()?
+    };
+    Some(Duration::new(secs, nanos))
+}
+
+async fn capabilities(
+    State(inner): State<Arc<Inner>>,
+    Path(phone): Path<String>,
+    Query(params): Params,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(rejection) = authorize(&inner, &headers, &params, &phone) {
+        return rejection.into_response();
+    }
+    if !params.contains_key("requestId") {
+        return bad_request("Missing required parameter: requestId.");
+    }
+    let features = [
+        "RICHCARD_STANDALONE",
+        "RICHCARD_CAROUSEL",
+        "ACTION_CREATE_CALENDAR_EVENT",
+        "ACTION_DIAL",
+        "ACTION_OPEN_URL",
+        "ACTION_SHARE_LOCATION",
+        "ACTION_VIEW_LOCATION",
+    ];
+    (StatusCode::OK, Json(json!({ "features": features }))).into_response()
+}
+
+#[cfg(test)]
+mod unit {
+    use super::*;
+
+    #[test]
+    fn durations_in_protobuf_json_form() {
+        assert_eq!(parse_duration("600s"), Some(Duration::from_secs(600)));
+        assert_eq!(parse_duration("3.5s"), Some(Duration::from_millis(3500)));
+        assert_eq!(
+            parse_duration("0.000000001s"),
+            Some(Duration::from_nanos(1))
+        );
+        for bad in ["600", "-1s", "s", ".5s", "1.0000000001s", "1e3s", "1.5.2s"] {
+            assert_eq!(parse_duration(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn send_body_rules() {
+        let ok = parse_send_body(br#"{"contentMessage":{"text":"hi"},"ttl":"10s"}"#);
+        assert_eq!(
+            ok.map(|b| b.expiry),
+            Ok(Some(Expiry::Ttl(Duration::from_secs(10))))
+        );
+        let both =
+            br#"{"contentMessage":{"text":"hi"},"ttl":"10s","expireTime":"2030-01-01T00:00:00Z"}"#;
+        assert!(parse_send_body(both).is_err());
+        assert!(parse_send_body(br#"{"ttl":"10s"}"#).is_err());
+        assert!(parse_send_body(b"not json").is_err());
+        let at = br#"{"contentMessage":{"text":"hi"},"expireTime":"2000-01-01T01:00:00+01:00"}"#;
+        let expected =
+            DateTime::parse_from_rfc3339("2000-01-01T00:00:00Z").map(|t| t.with_timezone(&Utc));
+        assert_eq!(
+            parse_send_body(at).map(|b| b.expiry),
+            Ok(expected.ok().map(Expiry::At))
+        );
+    }
+}
+
+/// The emulator's own control plane, not part of Google's API: lets a person
+/// trying the sandbox "send" an RCS message as the agent would, without
+/// minting an OAuth token first. Body: {"phone", "message_id", "ttl_secs"?}.
+async fn control_send(State(inner): State<Arc<Inner>>, body: Bytes) -> Response {
+    let Ok(v) = serde_json::from_slice::<Value>(&body) else {
+        return google_error(StatusCode::BAD_REQUEST, "expected a JSON body");
+    };
+    let (Some(phone), Some(id)) = (
+        v.get("phone").and_then(Value::as_str),
+        v.get("message_id").and_then(Value::as_str),
+    ) else {
+        return google_error(StatusCode::BAD_REQUEST, "phone and message_id are required");
+    };
+    if !is_e164(phone) || id.is_empty() {
+        return google_error(StatusCode::BAD_REQUEST, "invalid phone or message_id");
+    }
+    let ttl = v
+        .get("ttl_secs")
+        .and_then(Value::as_f64)
+        .filter(|t| *t > 0.0)
+        .map(Duration::from_secs_f64);
+    let content = json!({ "text": format!("sandbox message {id}") });
+    inner.send_message(phone, id, content, None, ttl.map(Expiry::Ttl));
+    (
+        StatusCode::OK,
+        Json(json!({ "name": format!("phones/{phone}/agentMessages/{id}") })),
+    )
+        .into_response()
+}

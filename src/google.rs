@@ -1,0 +1,222 @@
+//! Calls to Google: the OAuth token for the service account, and the RBM
+//! revoke. Only workers call these; webhook handlers never do.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use reqwest::StatusCode;
+use tokio::sync::{Mutex, RwLock};
+
+use crate::config::RbmSettings;
+use crate::outbound::{retry_after, CallError};
+
+pub const RBM_SCOPE: &str = "https://www.googleapis.com/auth/rcsbusinessmessaging";
+
+/// Refresh a token when less than this remains, so no call ever carries one
+/// that expires on the way.
+const REFRESH_MARGIN: Duration = Duration::from_secs(300);
+
+#[derive(Debug, thiserror::Error)]
+pub enum GoogleError {
+    #[error("cannot read the service account key {path}: {message}")]
+    Key { path: String, message: String },
+    #[error("cannot obtain an access token: {0}")]
+    Token(String),
+}
+
+/// One OAuth token shared by every call, refreshed ahead of expiry;
+/// concurrent refreshes collapse into one request to the token endpoint.
+pub struct TokenSource {
+    auth: yup_oauth2::authenticator::DefaultAuthenticator,
+    cached: RwLock<Option<(Arc<str>, Instant)>>,
+    refreshing: Mutex<()>,
+}
+
+impl TokenSource {
+    pub async fn from_key_file(
+        path: &std::path::Path,
+        timeout: Duration,
+    ) -> Result<TokenSource, GoogleError> {
+        let key_err = |message: String| GoogleError::Key {
+            path: path.display().to_string(),
+            message,
+        };
+        let key = yup_oauth2::read_service_account_key(path)
+            .await
+            .map_err(|e| key_err(e.to_string()))?;
+        let auth = yup_oauth2::ServiceAccountAuthenticator::builder(key)
+            .with_timeout(timeout)
+            .build()
+            .await
+            .map_err(|e| key_err(e.to_string()))?;
+        Ok(TokenSource {
+            auth,
+            cached: RwLock::new(None),
+            refreshing: Mutex::new(()),
+        })
+    }
+
+    pub async fn token(&self) -> Result<Arc<str>, GoogleError> {
+        if let Some(token) = self.fresh().await {
+            return Ok(token);
+        }
+        // One caller refreshes; the others wait here and then find its token.
+        let _guard = self.refreshing.lock().await;
+        if let Some(token) = self.fresh().await {
+            return Ok(token);
+        }
+        let t = self
+            .auth
+            .force_refreshed_token(&[RBM_SCOPE])
+            .await
+            .map_err(|e| GoogleError::Token(e.to_string()))?;
+        let value: Arc<str> = t
+            .token()
+            .ok_or_else(|| {
+                GoogleError::Token("the token endpoint returned no access token".into())
+            })?
+            .into();
+        let lifetime = t
+            .expiration_time()
+            .map(|exp| {
+                let secs = exp.unix_timestamp() - chrono::Utc::now().timestamp();
+                Duration::from_secs(secs.max(0) as u64)
+            })
+            .unwrap_or(Duration::from_secs(3600));
+        let expires = Instant::now() + lifetime;
+        *self.cached.write().await = Some((value.clone(), expires));
+        tracing::info!(
+            valid_for_secs = lifetime.as_secs(),
+            "obtained a Google access token"
+        );
+        Ok(value)
+    }
+
+    /// Forgets the cached token after Google refused it.
+    pub async fn invalidate(&self) {
+        *self.cached.write().await = None;
+    }
+
+    async fn fresh(&self) -> Option<Arc<str>> {
+        let cached = self.cached.read().await;
+        match &*cached {
+            Some((token, expires)) if *expires > Instant::now() + REFRESH_MARGIN => {
+                Some(token.clone())
+            }
+            _ => None,
+        }
+    }
+}
+
+/// What a DELETE of an agent message came to.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Revoked {
+    /// 200: revoked (or accepted for revocation).
+    Ok,
+    /// 404: nothing to revoke.
+    NotFound,
+}
+
+pub struct RbmClient {
+    http: reqwest::Client,
+    base_url: String,
+    tokens: TokenSource,
+}
+
+impl RbmClient {
+    pub fn new(settings: &RbmSettings, tokens: TokenSource) -> RbmClient {
+        let http = reqwest::Client::builder()
+            .timeout(settings.timeout)
+            .connect_timeout(settings.timeout.min(Duration::from_secs(5)))
+            .user_agent(concat!("rbm-fallback/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .expect("the HTTP client configuration is static");
+        RbmClient {
+            http,
+            base_url: settings.base_url.clone(),
+            tokens,
+        }
+    }
+
+    /// `DELETE /v1/phones/{phone}/agentMessages/{id}?agentId={agent}`.
+    pub async fn revoke(
+        &self,
+        agent_id: &str,
+        phone: &str,
+        message_id: &str,
+    ) -> Result<Revoked, CallError> {
+        let token = self
+            .tokens
+            .token()
+            .await
+            .map_err(|e| CallError::Retryable {
+                retry_after: None,
+                detail: e.to_string(),
+            })?;
+        let mut url = reqwest::Url::parse(&self.base_url).map_err(|e| CallError::Rejected {
+            status: 0,
+            code: None,
+            detail: format!("bad base URL: {e}"),
+        })?;
+        url.path_segments_mut()
+            .map_err(|_| CallError::Rejected {
+                status: 0,
+                code: None,
+                detail: "bad base URL".into(),
+            })?
+            .extend(["v1", "phones", phone, "agentMessages", message_id]);
+        url.query_pairs_mut().append_pair("agentId", agent_id);
+        let response = self
+            .http
+            .delete(url)
+            .bearer_auth(&*token)
+            .send()
+            .await
+            .map_err(CallError::from_reqwest)?;
+        let status = response.status();
+        match status {
+            StatusCode::OK => Ok(Revoked::Ok),
+            StatusCode::NOT_FOUND => Ok(Revoked::NotFound),
+            StatusCode::UNAUTHORIZED => {
+                // An expired or revoked token: fetch a new one for the retry.
+                self.tokens.invalidate().await;
+                Err(CallError::Retryable {
+                    retry_after: None,
+                    detail: format!("401 from Google: {}", body_excerpt(response).await),
+                })
+            }
+            s if s == StatusCode::TOO_MANY_REQUESTS
+                || s == StatusCode::REQUEST_TIMEOUT
+                || s.is_server_error() =>
+            {
+                let retry_after = retry_after(response.headers());
+                Err(CallError::Retryable {
+                    retry_after,
+                    detail: format!(
+                        "{} from Google: {}",
+                        s.as_u16(),
+                        body_excerpt(response).await
+                    ),
+                })
+            }
+            s => Err(CallError::Rejected {
+                status: s.as_u16(),
+                code: None,
+                detail: body_excerpt(response).await,
+            }),
+        }
+    }
+}
+
+/// Google's error message, or the start of whatever body came back.
+async fn body_excerpt(response: reqwest::Response) -> String {
+    let text = response.text().await.unwrap_or_default();
+    serde_json::from_str::<serde_json::Value>(&text)
+        .ok()
+        .and_then(|v| {
+            v.pointer("/error/message")
+                .and_then(|m| m.as_str())
+                .map(str::to_owned)
+        })
+        .unwrap_or_else(|| text.chars().take(300).collect())
+}

@@ -1,0 +1,136 @@
+//! The one place where errors become HTTP answers: always
+//! `{"error": {"code", "message", "field"?}}` with a fitting status.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Serialize;
+
+use crate::store::StoreError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("missing or invalid bearer token")]
+    Unauthorized,
+    #[error("{0}")]
+    InvalidJson(String),
+    #[error("{field}: {message}")]
+    Invalid { field: String, message: String },
+    #[error("{0}")]
+    InvalidQuery(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{message}")]
+    Conflict { code: &'static str, message: String },
+    #[error("request body larger than {limit} bytes")]
+    PayloadTooLarge { limit: usize },
+    #[error("expected Content-Type {expected}")]
+    UnsupportedMediaType { expected: &'static str },
+    #[error("invalid signature: {0}")]
+    BadSignature(&'static str),
+    #[error("{0}")]
+    Forbidden(&'static str),
+    #[error("no route for this method and path")]
+    NoRoute,
+    #[error("method not allowed on this path")]
+    MethodNotAllowed,
+    #[error("the request took too long")]
+    Timeout,
+    #[error("temporarily unavailable: {0}")]
+    Unavailable(String),
+    #[error("internal error")]
+    Internal(String),
+}
+
+#[derive(Serialize)]
+struct Body<'a> {
+    error: Detail<'a>,
+}
+
+#[derive(Serialize)]
+struct Detail<'a> {
+    code: &'a str,
+    message: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    field: Option<&'a str>,
+}
+
+impl ApiError {
+    pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> ApiError {
+        ApiError::Invalid {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+
+    fn parts(&self) -> (StatusCode, &str) {
+        use ApiError::*;
+        match self {
+            Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            InvalidJson(_) => (StatusCode::BAD_REQUEST, "invalid_json"),
+            Invalid { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_field"),
+            InvalidQuery(_) => (StatusCode::BAD_REQUEST, "invalid_query"),
+            NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            Conflict { code, .. } => (StatusCode::CONFLICT, code),
+            PayloadTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            UnsupportedMediaType { .. } => {
+                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
+            }
+            BadSignature(_) => (StatusCode::UNAUTHORIZED, "invalid_signature"),
+            Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
+            NoRoute => (StatusCode::NOT_FOUND, "no_route"),
+            MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+            Timeout => (StatusCode::SERVICE_UNAVAILABLE, "timeout"),
+            Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        }
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> ApiError {
+        if e.is_unavailable() {
+            ApiError::Unavailable("the database is unreachable; retry later".into())
+        } else {
+            ApiError::Internal(e.to_string())
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code) = self.parts();
+        let message = match &self {
+            // Details of a 500 go to the log, not to the client.
+            ApiError::Internal(detail) => {
+                tracing::error!(error = %detail, "internal error");
+                "internal error; see the service log".to_owned()
+            }
+            ApiError::Unavailable(detail) => {
+                tracing::warn!(error = %detail, "answering 503");
+                self.to_string()
+            }
+            ApiError::Invalid { message, .. } => message.clone(),
+            other => other.to_string(),
+        };
+        let field = match &self {
+            ApiError::Invalid { field, .. } => Some(field.as_str()),
+            _ => None,
+        };
+        let body = Body {
+            error: Detail {
+                code,
+                message,
+                field,
+            },
+        };
+        let mut response = (status, Json(body)).into_response();
+        if status == StatusCode::UNAUTHORIZED && matches!(self, ApiError::Unauthorized) {
+            response.headers_mut().insert(
+                "www-authenticate",
+                axum::http::HeaderValue::from_static("Bearer"),
+            );
+        }
+        response
+    }
+}

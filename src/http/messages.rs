@@ -1,0 +1,406 @@
+//! The internal REST API: register, read, list and cancel messages.
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::Json;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
+use base64::Engine;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::error::ApiError;
+use super::extract::JsonBody;
+use super::AppState;
+use crate::config::bare_agent_id;
+use crate::domain::{Input, Phone, State as MsgState, Verdict};
+use crate::store::{Caller, Deadline, EventRow, MessageRow, NewMessage, Registered};
+
+pub const MAX_SMS_CHARS: usize = 1600;
+const MAX_METADATA_BYTES: usize = 4096;
+const MAX_PAGE: i64 = 500;
+
+#[derive(Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateMessage {
+    #[serde(default)]
+    pub agent_id: Option<String>,
+    pub phone: String,
+    pub message_id: String,
+    #[serde(default)]
+    pub deadline: Option<String>,
+    #[serde(default)]
+    pub revoke_after_secs: Option<i64>,
+    pub sms: SmsRequest,
+    #[serde(default)]
+    pub metadata: Option<serde_json::Value>,
+}
+
+#[derive(Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SmsRequest {
+    pub body: String,
+    #[serde(default)]
+    pub from: Option<String>,
+}
+
+#[derive(Serialize)]
+pub struct MessageResource {
+    pub message_id: String,
+    pub agent_id: String,
+    pub phone: String,
+    pub state: String,
+    pub outcome: String,
+    pub deadline: DateTime<Utc>,
+    pub sms: SmsResource,
+    pub metadata: Option<serde_json::Value>,
+    /// When the service will next act on the message, if it will.
+    pub next_action_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub events: Option<Vec<EventResource>>,
+}
+
+#[derive(Serialize)]
+pub struct SmsResource {
+    pub body: String,
+    pub from: Option<String>,
+    pub sid: Option<String>,
+    pub status: Option<String>,
+}
+
+#[derive(Serialize)]
+pub struct EventResource {
+    pub at: DateTime<Utc>,
+    pub kind: String,
+    pub state_before: Option<String>,
+    pub state: String,
+    pub detail: serde_json::Value,
+}
+
+impl MessageResource {
+    fn new(m: MessageRow, events: Option<Vec<EventRow>>) -> MessageResource {
+        MessageResource {
+            message_id: m.message_id,
+            agent_id: m.agent_id,
+            phone: m.phone,
+            state: m.state,
+            outcome: m.outcome,
+            deadline: m.deadline,
+            sms: SmsResource {
+                body: m.sms_body,
+                from: m.sms_from,
+                sid: m.sms_sid,
+                status: m.sms_status,
+            },
+            metadata: m.metadata,
+            next_action_at: m.due_at,
+            created_at: m.created_at,
+            updated_at: m.updated_at,
+            events: events.map(|evs| {
+                evs.into_iter()
+                    .map(|e| EventResource {
+                        at: e.at,
+                        kind: e.kind,
+                        state_before: e.state_before,
+                        state: e.state_after,
+                        detail: e.detail,
+                    })
+                    .collect()
+            }),
+        }
+    }
+}
+
+async fn with_history(state: &AppState, m: MessageRow) -> Result<Json<MessageResource>, ApiError> {
+    let events = state.store.history(m.id).await?;
+    Ok(Json(MessageResource::new(m, Some(events))))
+}
+
+/// Ids travel in URLs (ours and Twilio's callback): keep them to characters
+/// that need no escaping and cannot form a path.
+pub fn validate_message_id(id: &str) -> Result<(), ApiError> {
+    let ok = (1..=128).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.:~".contains(&b))
+        && id != "."
+        && id != "..";
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::invalid(
+            "message_id",
+            "must be 1 to 128 characters from A-Z a-z 0-9 - _ . : ~",
+        ))
+    }
+}
+
+fn validate(state: &AppState, req: &CreateMessage) -> Result<NewMessage, ApiError> {
+    let configured = &state.settings.rbm.agent_id;
+    let agent_id = match req.agent_id.as_deref().map(bare_agent_id) {
+        None => configured.clone(),
+        Some(a) if a == configured => a.to_owned(),
+        Some(a) => {
+            return Err(ApiError::invalid(
+                "agent_id",
+                format!("unknown agent {a:?}; this deployment serves {configured:?}"),
+            ))
+        }
+    };
+    let phone = Phone::parse(&req.phone).map_err(|e| ApiError::invalid("phone", e.to_string()))?;
+    validate_message_id(&req.message_id)?;
+
+    let max = state.settings.fallback.max_deadline;
+    let deadline = match (&req.deadline, req.revoke_after_secs) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::invalid(
+                "deadline",
+                "give either deadline or revoke_after_secs, not both",
+            ))
+        }
+        (None, None) => {
+            return Err(ApiError::invalid(
+                "deadline",
+                "one of deadline or revoke_after_secs is required",
+            ))
+        }
+        (Some(text), None) => {
+            let at = DateTime::parse_from_rfc3339(text)
+                .map_err(|e| {
+                    ApiError::invalid(
+                        "deadline",
+                        format!("must be an RFC 3339 time such as 2026-01-15T10:00:00Z ({e})"),
+                    )
+                })?
+                .with_timezone(&Utc);
+            let now = Utc::now();
+            if at <= now {
+                return Err(ApiError::invalid(
+                    "deadline",
+                    format!("{text} is in the past"),
+                ));
+            }
+            if (at - now).to_std().unwrap_or_default() > max {
+                return Err(ApiError::invalid(
+                    "deadline",
+                    format!("is more than {} seconds ahead", max.as_secs()),
+                ));
+            }
+            Deadline::At(at)
+        }
+        (None, Some(secs)) => {
+            if secs < 1 || secs as u64 > max.as_secs() {
+                return Err(ApiError::invalid(
+                    "revoke_after_secs",
+                    format!("must be between 1 and {}", max.as_secs()),
+                ));
+            }
+            Deadline::After(secs)
+        }
+    };
+
+    let body = &req.sms.body;
+    if body.trim().is_empty() {
+        return Err(ApiError::invalid("sms.body", "must not be empty"));
+    }
+    let chars = body.chars().count();
+    if chars > MAX_SMS_CHARS {
+        return Err(ApiError::invalid(
+            "sms.body",
+            format!("is {chars} characters; at most {MAX_SMS_CHARS} can be sent"),
+        ));
+    }
+    if body.contains('\0') {
+        return Err(ApiError::invalid(
+            "sms.body",
+            "must not contain NUL characters",
+        ));
+    }
+    if let Some(from) = &req.sms.from {
+        let alphanumeric = (1..=11).contains(&from.len())
+            && from.bytes().all(|b| b.is_ascii_alphanumeric() || b == b' ')
+            && from.bytes().any(|b| b.is_ascii_alphabetic());
+        if Phone::parse(from).is_err() && !alphanumeric {
+            return Err(ApiError::invalid(
+                "sms.from",
+                "must be an E.164 number or an alphanumeric sender id of at most 11 characters",
+            ));
+        }
+    }
+    if let Some(meta) = &req.metadata {
+        if !meta.is_object() {
+            return Err(ApiError::invalid("metadata", "must be a JSON object"));
+        }
+        if meta.to_string().len() > MAX_METADATA_BYTES {
+            return Err(ApiError::invalid(
+                "metadata",
+                format!("must be at most {MAX_METADATA_BYTES} bytes"),
+            ));
+        }
+    }
+
+    // The digest covers the request as given, with the agent normalised, so
+    // a retried request matches even though "revoke_after_secs" is relative.
+    let canonical = serde_json::json!({
+        "agent_id": agent_id,
+        "phone": req.phone,
+        "message_id": req.message_id,
+        "deadline": req.deadline.as_ref().map(|_| match &deadline { Deadline::At(at) => at.to_rfc3339(), Deadline::After(_) => String::new() }),
+        "revoke_after_secs": req.revoke_after_secs,
+        "sms": { "body": req.sms.body, "from": req.sms.from },
+        "metadata": req.metadata,
+    });
+    let request_digest = Sha256::digest(canonical.to_string().as_bytes()).to_vec();
+
+    Ok(NewMessage {
+        message_id: req.message_id.clone(),
+        agent_id,
+        phone: phone.as_str().to_owned(),
+        deadline,
+        sms_body: body.clone(),
+        sms_from: req.sms.from.clone(),
+        metadata: req.metadata.clone(),
+        request_digest,
+    })
+}
+
+pub async fn create(
+    State(state): State<AppState>,
+    JsonBody(req): JsonBody<CreateMessage>,
+) -> Result<(StatusCode, Json<MessageResource>), ApiError> {
+    let new = validate(&state, &req)?;
+    match state.store.register(&new).await? {
+        Registered::Created(m) => {
+            tracing::info!(message_id = %m.message_id, deadline = %m.deadline, "registered");
+            Ok((StatusCode::CREATED, with_history(&state, m).await?))
+        }
+        Registered::Existing(m) => Ok((StatusCode::OK, with_history(&state, m).await?)),
+        Registered::Conflict(_) => Err(ApiError::Conflict {
+            code: "message_id_conflict",
+            message: format!(
+                "message {} is already registered with different content",
+                new.message_id
+            ),
+        }),
+    }
+}
+
+pub async fn get(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<MessageResource>, ApiError> {
+    validate_message_id(&id).map_err(|_| not_found(&id))?;
+    let m = state.store.get(&id).await?.ok_or_else(|| not_found(&id))?;
+    with_history(&state, m).await
+}
+
+fn not_found(id: &str) -> ApiError {
+    let shown: String = id.chars().take(128).collect();
+    ApiError::NotFound(format!("no message {shown:?}"))
+}
+
+pub async fn cancel(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<MessageResource>, ApiError> {
+    validate_message_id(&id).map_err(|_| not_found(&id))?;
+    let applied = state
+        .store
+        .apply_to(
+            &id,
+            Caller::Outside,
+            &Input::Cancel,
+            serde_json::json!({ "by": "api" }),
+            &state.policy,
+        )
+        .await?
+        .ok_or_else(|| not_found(&id))?;
+    match applied.verdict {
+        Verdict::Apply(_) => {
+            tracing::info!(message_id = %id, "cancelled");
+            with_history(&state, applied.message).await
+        }
+        // Cancelling twice is a retry, not a conflict.
+        Verdict::Refuse { .. } if applied.message.state == MsgState::Cancelled.as_str() => {
+            with_history(&state, applied.message).await
+        }
+        Verdict::Refuse { reason } | Verdict::Record { note: reason, .. } => {
+            Err(ApiError::Conflict {
+                code: "not_cancellable",
+                message: format!(
+                    "cannot cancel message {id} in state {}: {reason}",
+                    applied.message.state
+                ),
+            })
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    state: Option<String>,
+    limit: Option<String>,
+    cursor: Option<String>,
+}
+
+#[derive(Serialize)]
+pub struct ListResponse {
+    pub messages: Vec<MessageResource>,
+    pub next_cursor: Option<String>,
+}
+
+pub async fn list(
+    State(state): State<AppState>,
+    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<ListResponse>, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::InvalidQuery(e.body_text()))?;
+    if let Some(s) = &q.state {
+        s.parse::<MsgState>().map_err(|_| {
+            let all: Vec<&str> = MsgState::ALL.iter().map(|s| s.as_str()).collect();
+            ApiError::InvalidQuery(format!("unknown state {s:?}; one of {}", all.join(", ")))
+        })?;
+    }
+    let limit = match &q.limit {
+        None => 50,
+        Some(l) => l
+            .parse::<i64>()
+            .ok()
+            .filter(|l| (1..=MAX_PAGE).contains(l))
+            .ok_or_else(|| {
+                ApiError::InvalidQuery(format!("limit must be a whole number from 1 to {MAX_PAGE}"))
+            })?,
+    };
+    let after =
+        match &q.cursor {
+            None => None,
+            Some(c) => Some(decode_cursor(c).ok_or_else(|| {
+                ApiError::InvalidQuery("cursor is not one this API returned".into())
+            })?),
+        };
+    let page = state.store.list(q.state.as_deref(), after, limit).await?;
+    Ok(Json(ListResponse {
+        messages: page
+            .messages
+            .into_iter()
+            .map(|m| MessageResource::new(m, None))
+            .collect(),
+        next_cursor: page.next_after.map(encode_cursor),
+    }))
+}
+
+// Opaque to clients, so the ordering key can change without breaking them.
+fn encode_cursor(id: i64) -> String {
+    B64URL.encode(format!("v1:{id}"))
+}
+
+fn decode_cursor(c: &str) -> Option<i64> {
+    let raw = B64URL.decode(c).ok()?;
+    std::str::from_utf8(&raw)
+        .ok()?
+        .strip_prefix("v1:")?
+        .parse()
+        .ok()
+}

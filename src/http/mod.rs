@@ -1,0 +1,94 @@
+//! The HTTP surface: the internal API, Google's and Twilio's webhooks, and
+//! health checks, behind one set of limits (body size, time) and one error
+//! format.
+
+mod auth;
+pub mod error;
+mod extract;
+pub mod messages;
+mod rbm_webhook;
+mod twilio_webhook;
+
+use std::sync::Arc;
+
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::StatusCode;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::trace::TraceLayer;
+
+use crate::config::Settings;
+use crate::domain::Policy;
+use crate::store::Store;
+use error::ApiError;
+use extract::BodyLimit;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Store,
+    pub settings: Arc<Settings>,
+    pub policy: Policy,
+}
+
+pub fn router(state: AppState) -> Router {
+    let limit = state.settings.server.body_limit_bytes;
+    let timeout = state.settings.server.request_timeout;
+
+    let api = Router::new()
+        .route("/v1/messages", post(messages::create).get(messages::list))
+        .route(
+            "/v1/messages/{message_id}",
+            get(messages::get).delete(messages::cancel),
+        )
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_token,
+        ));
+
+    Router::new()
+        .merge(api)
+        .route("/webhooks/rbm", post(rbm_webhook::receive))
+        .route("/webhooks/twilio/status", post(twilio_webhook::status))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .fallback(|| async { ApiError::NoRoute })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .with_state(state)
+        .layer(middleware::from_fn(move |req, next| {
+            within(timeout, req, next)
+        }))
+        .layer(DefaultBodyLimit::max(limit))
+        .layer(axum::Extension(BodyLimit(limit)))
+        .layer(CatchPanicLayer::custom(|_| {
+            ApiError::Internal("a request handler panicked".into()).into_response()
+        }))
+        .layer(TraceLayer::new_for_http())
+}
+
+/// Answers 503 when a request outlives its budget, so a slow client or a
+/// stuck dependency cannot hold a connection (or a database connection)
+/// indefinitely.
+async fn within(timeout: std::time::Duration, req: Request, next: Next) -> Response {
+    match tokio::time::timeout(timeout, next.run(req)).await {
+        Ok(response) => response,
+        Err(_) => ApiError::Timeout.into_response(),
+    }
+}
+
+async fn healthz() -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "status": "ok" }))
+}
+
+async fn readyz(State(state): State<AppState>) -> Response {
+    match state.store.readiness().await {
+        Ok(()) => Json(serde_json::json!({ "status": "ready" })).into_response(),
+        Err(reason) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(serde_json::json!({ "status": "unavailable", "reason": reason })),
+        )
+            .into_response(),
+    }
+}

@@ -1,0 +1,72 @@
+//! What can go wrong calling Google or Twilio, classified by what it means
+//! for a retry: safe, unsafe without checking first, or pointless.
+
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    /// The upstream surely did nothing (refused, overloaded, unreachable):
+    /// retrying is safe.
+    #[error("{detail}")]
+    Retryable {
+        retry_after: Option<Duration>,
+        detail: String,
+    },
+    /// The request may have reached the upstream and taken effect (a timeout
+    /// or a reset after it was sent).
+    #[error("{detail}")]
+    Ambiguous { detail: String },
+    /// Refused for good: retrying cannot help.
+    #[error("{status}: {detail}")]
+    Rejected {
+        status: u16,
+        /// The upstream's own error code (Twilio's, e.g. 21211).
+        code: Option<u32>,
+        detail: String,
+    },
+}
+
+impl CallError {
+    pub fn from_reqwest(e: reqwest::Error) -> CallError {
+        let detail = error_chain(&e);
+        if e.is_connect() {
+            // No connection, so no request: nothing can have happened.
+            CallError::Retryable {
+                retry_after: None,
+                detail,
+            }
+        } else if e.is_builder() {
+            CallError::Rejected {
+                status: 0,
+                code: None,
+                detail,
+            }
+        } else {
+            CallError::Ambiguous { detail }
+        }
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
+/// `Retry-After` in seconds (the HTTP-date form is rare from these APIs and
+/// is treated as absent).
+pub fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    headers
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse::<u64>()
+        .ok()
+        .map(Duration::from_secs)
+}

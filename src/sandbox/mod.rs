@@ -1,0 +1,322 @@
+//! The sandbox: the real service wired to loopback emulators of Google and
+//! Twilio through ordinary configuration (base URLs, a service-account key
+//! file, tokens). The same harness drives the integration tests.
+//!
+//! The service runs on a runtime of its own, so that a test can kill it at
+//! any instant, as a crash would: every task stops where it is, and only
+//! what PostgreSQL committed survives.
+
+mod demo;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use rand::Rng;
+use sqlx::{Connection, PgConnection};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Settings;
+use crate::emulator::google::{GoogleEmulator, GoogleEmulatorConfig, PhoneBehaviour};
+use crate::emulator::twilio::{TwilioEmulator, TwilioEmulatorConfig};
+
+pub const SANDBOX_FROM: &str = "+15005550006";
+const DEFAULT_DATABASE: &str = "postgres://postgres@127.0.0.1:5432/rbm_fallback_sandbox";
+
+pub struct Options {
+    pub demo: bool,
+    pub port: u16,
+}
+
+/// How to build a sandbox.
+pub struct SandboxConfig {
+    pub database_url: String,
+    /// 0 picks a free port.
+    pub port: u16,
+    pub confirm_window: Duration,
+    pub default_phone: PhoneBehaviour,
+    /// Further settings, by environment name (e.g. RBMF__WORKER__LEASE_MS).
+    pub env: Vec<(String, String)>,
+}
+
+impl SandboxConfig {
+    pub fn new(database_url: impl Into<String>) -> SandboxConfig {
+        SandboxConfig {
+            database_url: database_url.into(),
+            port: 0,
+            confirm_window: Duration::from_millis(1500),
+            default_phone: PhoneBehaviour::Offline,
+            env: Vec::new(),
+        }
+    }
+}
+
+pub struct Sandbox {
+    pub google: GoogleEmulator,
+    pub twilio: TwilioEmulator,
+    /// The service's base URL.
+    pub url: String,
+    pub api_token: String,
+    pub settings: Settings,
+    service: Option<Service>,
+    key_dir: PathBuf,
+}
+
+struct Service {
+    shutdown: CancellationToken,
+    crash: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: std::thread::JoinHandle<anyhow::Result<()>>,
+}
+
+fn random_hex(bytes: usize) -> String {
+    let mut rng = rand::thread_rng();
+    (0..bytes)
+        .map(|_| format!("{:02x}", rng.gen::<u8>()))
+        .collect()
+}
+
+impl Sandbox {
+    pub async fn start(cfg: SandboxConfig) -> anyhow::Result<Sandbox> {
+        let client_token = random_hex(12);
+        let google = GoogleEmulator::start(GoogleEmulatorConfig {
+            client_token: client_token.clone(),
+            default_phone: cfg.default_phone.clone(),
+            ..GoogleEmulatorConfig::default()
+        })
+        .await
+        .context("starting the Google emulator")?;
+        let twilio = TwilioEmulator::start(TwilioEmulatorConfig::default())
+            .await
+            .context("starting the Twilio emulator")?;
+
+        let key_dir = std::env::temp_dir().join(format!("rbm-fallback-sandbox-{}", random_hex(6)));
+        std::fs::create_dir_all(&key_dir)?;
+        let key_path = key_dir.join("service-account.json");
+        std::fs::write(&key_path, google.service_account_key_json())?;
+
+        let listener = std::net::TcpListener::bind(("127.0.0.1", cfg.port))
+            .with_context(|| format!("cannot listen on 127.0.0.1:{}", cfg.port))?;
+        let addr = listener.local_addr()?;
+        let url = format!("http://{addr}");
+        let api_token = format!("sandbox-{}", random_hex(16));
+
+        let mut env: HashMap<String, String> = [
+            ("RBMF_LISTEN", addr.to_string()),
+            ("RBMF_PUBLIC_URL", url.clone()),
+            ("RBMF_API_TOKEN", api_token.clone()),
+            ("DATABASE_URL", cfg.database_url.clone()),
+            ("RBMF_RBM_AGENT_ID", google.agent_id().to_owned()),
+            ("RBMF_RBM_CLIENT_TOKEN", client_token),
+            ("RBMF_RBM_BASE_URL", google.base_url()),
+            (
+                "RBMF_RBM_SERVICE_ACCOUNT_KEY",
+                key_path.display().to_string(),
+            ),
+            ("RBMF_TWILIO_BASE_URL", twilio.base_url()),
+            ("RBMF_TWILIO_ACCOUNT_SID", twilio.account_sid().to_owned()),
+            ("RBMF_TWILIO_AUTH_TOKEN", twilio.auth_token().to_owned()),
+            ("RBMF_TWILIO_FROM", SANDBOX_FROM.to_owned()),
+            (
+                "RBMF_CONFIRM_WINDOW_MS",
+                cfg.confirm_window.as_millis().to_string(),
+            ),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+        env.extend(cfg.env);
+        let settings = Settings::load_with(None, &|name| env.get(name).cloned())?;
+        google.set_webhook_url(&format!("{url}/webhooks/rbm"));
+
+        let mut sandbox = Sandbox {
+            google,
+            twilio,
+            url,
+            api_token,
+            settings,
+            service: None,
+            key_dir,
+        };
+        sandbox.service = Some(spawn_service(sandbox.settings.clone(), listener));
+        Ok(sandbox)
+    }
+
+    /// Kills the service at once, as a crash would.
+    pub fn crash(&mut self) {
+        if let Some(mut service) = self.service.take() {
+            if let Some(crash) = service.crash.take() {
+                let _ = crash.send(());
+            }
+            let _ = service.thread.join();
+        }
+    }
+
+    /// Stops the service gracefully (as on SIGTERM) and returns how it ended.
+    pub fn stop(&mut self) -> anyhow::Result<()> {
+        match self.service.take() {
+            Some(service) => {
+                service.shutdown.cancel();
+                service
+                    .thread
+                    .join()
+                    .map_err(|_| anyhow::anyhow!("the service thread panicked"))?
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// Starts the service again on the same address and database.
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        self.crash();
+        let listener = std::net::TcpListener::bind(self.settings.server.listen)?;
+        self.service = Some(spawn_service(self.settings.clone(), listener));
+        Ok(())
+    }
+
+    /// A client for the internal API, with the bearer token set.
+    pub fn api(&self) -> reqwest::Client {
+        let mut headers = reqwest::header::HeaderMap::new();
+        let bearer = format!("Bearer {}", self.api_token);
+        headers.insert(
+            reqwest::header::AUTHORIZATION,
+            bearer.parse().expect("token is ASCII"),
+        );
+        reqwest::Client::builder()
+            .default_headers(headers)
+            .no_proxy()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .expect("static client configuration")
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        self.crash();
+        let _ = std::fs::remove_dir_all(&self.key_dir);
+    }
+}
+
+fn spawn_service(settings: Settings, listener: std::net::TcpListener) -> Service {
+    let shutdown = CancellationToken::new();
+    let (crash_tx, crash_rx) = tokio::sync::oneshot::channel::<()>();
+    let token = shutdown.clone();
+    let thread = std::thread::spawn(move || -> anyhow::Result<()> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()?;
+        let result = runtime.block_on(async move {
+            listener.set_nonblocking(true)?;
+            let listener = tokio::net::TcpListener::from_std(listener)?;
+            tokio::select! {
+                r = crate::app::run(settings, listener, token) => r,
+                _ = crash_rx => Ok(()),
+            }
+        });
+        // After a crash this drops every task mid-flight.
+        runtime.shutdown_background();
+        result
+    });
+    Service {
+        shutdown,
+        crash: Some(crash_tx),
+        thread,
+    }
+}
+
+/// Creates the database named in `url` if it does not exist yet.
+pub async fn ensure_database(url: &str) -> anyhow::Result<()> {
+    let parsed = reqwest::Url::parse(url).context("DATABASE_URL is not a URL")?;
+    let name = parsed.path().trim_start_matches('/').to_owned();
+    anyhow::ensure!(
+        !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'),
+        "database name {name:?} must be letters, digits and underscores"
+    );
+    let mut admin = parsed.clone();
+    admin.set_path("/postgres");
+    let mut conn = PgConnection::connect(admin.as_str())
+        .await
+        .with_context(|| format!("cannot reach PostgreSQL at {}", redact(&admin)))?;
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+            .bind(&name)
+            .fetch_one(&mut conn)
+            .await?;
+    if !exists {
+        // The name was checked above; identifiers cannot be bound.
+        match sqlx::query(&format!("CREATE DATABASE \"{name}\""))
+            .execute(&mut conn)
+            .await
+        {
+            Ok(_) => {}
+            // Another process created it in the meantime.
+            Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42P04") => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+fn redact(url: &reqwest::Url) -> String {
+    let mut shown = url.clone();
+    if shown.password().is_some() {
+        let _ = shown.set_password(Some("***"));
+    }
+    shown.to_string()
+}
+
+/// `rbm-fallback sandbox [--demo]`.
+pub async fn run(opts: Options, shutdown: CancellationToken) -> anyhow::Result<bool> {
+    let database_url =
+        std::env::var("DATABASE_URL").unwrap_or_else(|_| DEFAULT_DATABASE.to_owned());
+    ensure_database(&database_url).await?;
+    let mut cfg = SandboxConfig::new(&database_url);
+    cfg.port = if opts.demo { 0 } else { opts.port };
+    cfg.default_phone = PhoneBehaviour::Online {
+        delay: Duration::from_secs(3),
+        read_after: Some(Duration::from_secs(2)),
+    };
+    let mut sandbox = Sandbox::start(cfg).await?;
+    if opts.demo {
+        let ok = demo::run(&sandbox).await;
+        sandbox.stop()?;
+        return ok;
+    }
+    print_welcome(&sandbox);
+    shutdown.cancelled().await;
+    sandbox.stop()?;
+    Ok(true)
+}
+
+fn print_welcome(s: &Sandbox) {
+    let id = uuid::Uuid::new_v4();
+    println!(
+        r#"
+rbm-fallback sandbox is running.
+
+  service         {url}   (API token: {token})
+  Google emulator {google}   (webhooks go to {url}/webhooks/rbm)
+  Twilio emulator {twilio}
+
+Phones deliver RCS 3 s after it is sent; the confirm window is {window} ms.
+Try it: send an RCS as the agent would, then register it with a 2 s deadline.
+The phone is too slow, so the service revokes it and falls back to SMS.
+
+  curl -s {google}/emulator/agent-send -H 'Content-Type: application/json' \
+    -d '{{"phone":"+15550100001","message_id":"{id}"}}'
+  curl -s {url}/v1/messages -H 'Authorization: Bearer {token}' \
+    -H 'Content-Type: application/json' \
+    -d '{{"phone":"+15550100001","message_id":"{id}","revoke_after_secs":2,"sms":{{"body":"Your code is 123456"}}}}'
+  sleep 5; curl -s {url}/v1/messages/{id} -H 'Authorization: Bearer {token}'
+
+Ctrl-C stops it.
+"#,
+        url = s.url,
+        token = s.api_token,
+        google = s.google.base_url(),
+        twilio = s.twilio.base_url(),
+        window = s.settings.fallback.confirm_window.as_millis(),
+    );
+}

@@ -1,0 +1,222 @@
+//! PostgreSQL, the only source of truth. Every change to a message happens
+//! here, in one transaction that runs the state machine, stores its step and
+//! appends the event to the history. Queries are checked at compile time
+//! against the schema (offline data in `.sqlx/`).
+
+mod claims;
+mod messages;
+mod rbm_events;
+mod transitions;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{PgConnection, PgPool};
+use tokio::sync::Notify;
+use uuid::Uuid;
+
+use crate::config::DatabaseSettings;
+use crate::domain::{Facts, SmsStatus, State};
+
+pub use claims::Claimed;
+pub use messages::{Deadline, ListPage, NewMessage, Registered};
+pub use rbm_events::{Ingested, RbmEvent};
+pub use transitions::{Applied, Caller};
+
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// The channel on which transactions that make work due soon wake the
+/// schedulers of every replica. A hint only: schedulers also poll.
+pub const DUE_CHANNEL: &str = "rbmf_due";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("migration: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("row {id} holds an unreadable value: {what}")]
+    Corrupt { id: i64, what: String },
+}
+
+impl StoreError {
+    /// Failures a retry may cure: the database is unreachable, restarting or
+    /// out of connections, as opposed to a bug or a broken row.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Database(
+                sqlx::Error::PoolTimedOut
+                    | sqlx::Error::PoolClosed
+                    | sqlx::Error::Io(_)
+                    | sqlx::Error::Tls(_)
+                    | sqlx::Error::Protocol(_)
+            )
+        ) || matches!(self, StoreError::Database(sqlx::Error::Database(e))
+            if e.code().is_some_and(|c| c.starts_with("08") || c.starts_with("57P")))
+    }
+}
+
+#[derive(Clone)]
+pub struct Store {
+    pool: PgPool,
+    /// Wakes this process's scheduler after a commit that made work due.
+    wake: Arc<Notify>,
+    /// Work due within this long is announced on [`DUE_CHANNEL`]; later work
+    /// is found by the schedulers' periodic look.
+    notify_horizon: Duration,
+}
+
+impl Store {
+    pub async fn connect(
+        db: &DatabaseSettings,
+        notify_horizon: Duration,
+    ) -> Result<Store, StoreError> {
+        let options: PgConnectOptions = db.url.expose().parse()?;
+        let pool = PgPoolOptions::new()
+            .max_connections(db.max_connections)
+            .acquire_timeout(db.acquire_timeout)
+            // Lazily: the server starts (and /readyz reports) while the
+            // database is still coming up.
+            .connect_lazy_with(options.application_name("rbm-fallback"));
+        Ok(Store::new(pool, notify_horizon))
+    }
+
+    pub fn new(pool: PgPool, notify_horizon: Duration) -> Store {
+        Store {
+            pool,
+            wake: Arc::new(Notify::new()),
+            notify_horizon,
+        }
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    pub fn wake_handle(&self) -> Arc<Notify> {
+        self.wake.clone()
+    }
+
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        MIGRATOR.run(&self.pool).await?;
+        Ok(())
+    }
+
+    /// Ready when the database answers and every migration this binary knows
+    /// has been applied successfully.
+    pub async fn readiness(&self) -> Result<(), String> {
+        // sqlx's own bookkeeping table is not part of our schema, so this one
+        // query is checked at run time.
+        let applied: Vec<i64> = sqlx::query_scalar(
+            "SELECT version FROM _sqlx_migrations WHERE success ORDER BY version",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| format!("database: {e}"))?;
+        let missing: Vec<i64> = MIGRATOR
+            .iter()
+            .map(|m| m.version)
+            .filter(|v| !applied.contains(v))
+            .collect();
+        if missing.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("migrations not applied: {missing:?}"))
+        }
+    }
+
+    /// How long until the earliest due work, by the database clock; zero if
+    /// some is due now, `None` if there is none.
+    pub async fn next_due_in(&self) -> Result<Option<Duration>, StoreError> {
+        let ms = sqlx::query_scalar!(
+            r#"SELECT (EXTRACT(EPOCH FROM (min(due_at) - clock_timestamp())) * 1000)::float8 AS "ms"
+               FROM messages WHERE due_at IS NOT NULL"#
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(ms.map(|ms| Duration::from_millis(ms.max(0.0) as u64)))
+    }
+
+    /// After a commit that made work due within `due_in`: wake this process's
+    /// scheduler. (Other replicas were told inside the transaction.)
+    fn poke(&self, due_in: Option<Duration>) {
+        if due_in.is_some_and(|d| d <= self.notify_horizon) {
+            self.wake.notify_one();
+        }
+    }
+
+    async fn announce(
+        &self,
+        conn: &mut PgConnection,
+        due_in: Option<Duration>,
+    ) -> Result<(), StoreError> {
+        if due_in.is_some_and(|d| d <= self.notify_horizon) {
+            sqlx::query!("SELECT pg_notify($1, '')", DUE_CHANNEL)
+                .execute(conn)
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+/// A message as stored.
+#[derive(Clone, Debug)]
+pub struct MessageRow {
+    pub id: i64,
+    pub message_id: String,
+    pub agent_id: String,
+    pub phone: String,
+    pub deadline: DateTime<Utc>,
+    pub sms_body: String,
+    pub sms_from: Option<String>,
+    pub metadata: Option<serde_json::Value>,
+    pub request_digest: Vec<u8>,
+    pub state: String,
+    pub outcome: String,
+    pub rcs_delivered: bool,
+    pub in_doubt: bool,
+    pub attempts: i32,
+    pub due_at: Option<DateTime<Utc>>,
+    pub lease_token: Option<Uuid>,
+    pub sms_sid: Option<String>,
+    pub sms_status: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(Clone, Debug)]
+pub struct EventRow {
+    pub at: DateTime<Utc>,
+    pub kind: String,
+    pub state_before: Option<String>,
+    pub state_after: String,
+    pub detail: serde_json::Value,
+}
+
+impl MessageRow {
+    pub fn state(&self) -> Result<State, StoreError> {
+        self.state.parse().map_err(|e| StoreError::Corrupt {
+            id: self.id,
+            what: format!("{e}"),
+        })
+    }
+
+    /// The machine's view. `in_flight` depends on who asks: for a worker
+    /// reporting a result it means "your claim is still the current one".
+    pub fn facts(&self, caller: Caller) -> Result<Facts, StoreError> {
+        Ok(Facts {
+            state: self.state()?,
+            rcs_delivered: self.rcs_delivered,
+            in_flight: match caller {
+                Caller::Outside => self.lease_token.is_some(),
+                Caller::Worker(token) => self.lease_token == Some(token),
+            },
+            in_doubt: self.in_doubt,
+            sms_sid: self.sms_sid.clone(),
+            sms_status: self.sms_status.as_deref().and_then(SmsStatus::parse),
+        })
+    }
+}

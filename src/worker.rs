@@ -1,0 +1,385 @@
+//! The scheduler and its workers: claim due messages, make the one outbound
+//! call each needs (revoke at Google, send at Twilio) with no transaction
+//! open, and record the result.
+//!
+//! The scheduler sleeps until the earliest due time (read from the database
+//! clock), or until woken: by this process after a commit that made work due
+//! soon, or by another replica's NOTIFY. It never sleeps longer than
+//! `max_idle`, because notifications can be lost (a listener reconnecting
+//! drops them).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::Rng;
+use sqlx::postgres::PgListener;
+use tokio::sync::{Notify, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn, Instrument};
+
+use crate::config::WorkerSettings;
+use crate::domain::backoff::Backoff;
+use crate::domain::phone::mask;
+use crate::domain::{Action, Input, Policy, RevokeResult, SmsResult, SmsStatus, Verdict};
+use crate::google::{RbmClient, Revoked};
+use crate::outbound::CallError;
+use crate::store::{Claimed, Store, DUE_CHANNEL};
+use crate::twilio::TwilioClient;
+
+pub struct Worker {
+    pub store: Store,
+    pub rbm: RbmClient,
+    pub twilio: TwilioClient,
+    pub policy: Policy,
+    pub settings: WorkerSettings,
+    /// Base of the StatusCallback URLs given to Twilio.
+    pub public_url: String,
+}
+
+impl Worker {
+    fn backoff(&self) -> Backoff {
+        Backoff {
+            base: self.settings.retry_base,
+            cap: self.settings.retry_cap,
+        }
+    }
+
+    /// Runs until `shutdown`, then waits for calls in flight (up to `grace`).
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken, grace: Duration) {
+        let wake = self.store.wake_handle();
+        let listener = tokio::spawn(listen(self.store.clone(), wake.clone(), shutdown.clone()));
+        let permits = Arc::new(Semaphore::new(self.settings.concurrency));
+        let mut db_backoff = Duration::from_millis(100);
+        info!(concurrency = self.settings.concurrency, "scheduler started");
+
+        while !shutdown.is_cancelled() {
+            // Claim only as much as we can start at once, so nothing claimed
+            // waits in memory while its lease runs down.
+            let first = tokio::select! {
+                p = permits.clone().acquire_many_owned(1) => p.expect("never closed"),
+                _ = shutdown.cancelled() => break,
+            };
+            let mut held = vec![first];
+            while held.len() < self.settings.batch_size {
+                match permits.clone().try_acquire_owned() {
+                    Ok(p) => held.push(p),
+                    Err(_) => break,
+                }
+            }
+            let wanted = held.len();
+            match self.store.claim_due(wanted as i64, &self.policy).await {
+                Ok(claims) => {
+                    db_backoff = Duration::from_millis(100);
+                    let full = claims.len() == wanted;
+                    for (claim, permit) in claims.into_iter().zip(held.drain(..)) {
+                        let me = self.clone();
+                        let span = tracing::info_span!("message", message_id = %claim.message.message_id, action = ?claim.action);
+                        tokio::spawn(
+                            async move {
+                                me.handle(claim).await;
+                                drop(permit);
+                            }
+                            .instrument(span),
+                        );
+                    }
+                    drop(held);
+                    if full {
+                        continue;
+                    }
+                }
+                Err(e) => {
+                    drop(held);
+                    warn!(error = %e, retry_in_ms = db_backoff.as_millis() as u64, "cannot claim due work");
+                    tokio::select! {
+                        _ = tokio::time::sleep(db_backoff) => {}
+                        _ = shutdown.cancelled() => break,
+                    }
+                    db_backoff = (db_backoff * 2).min(Duration::from_secs(5));
+                    continue;
+                }
+            }
+            let wait = match self.store.next_due_in().await {
+                Ok(Some(d)) => d.min(self.settings.max_idle),
+                Ok(None) | Err(_) => self.settings.max_idle,
+            };
+            if wait.is_zero() {
+                continue;
+            }
+            tokio::select! {
+                _ = wake.notified() => {}
+                _ = tokio::time::sleep(wait) => {}
+                _ = shutdown.cancelled() => break,
+            }
+        }
+
+        listener.abort();
+        // Let calls in flight record their results; whatever cannot finish in
+        // time is taken over by another worker once its lease expires.
+        let all = self.settings.concurrency as u32;
+        if tokio::time::timeout(grace, permits.acquire_many(all))
+            .await
+            .is_err()
+        {
+            warn!("calls still in flight at shutdown; their leases will expire and be taken over");
+        }
+        info!("scheduler stopped");
+    }
+
+    /// Performs one claimed action and records its result.
+    pub async fn handle(&self, claim: Claimed) {
+        let attempt = claim.message.attempts.max(1) as u32;
+        let (input, detail) = match claim.action {
+            Action::Revoke { after_doubt } => self.revoke(&claim, attempt, after_doubt).await,
+            Action::SendSms {
+                reconcile,
+                may_send,
+            } => self.send_sms(&claim, attempt, reconcile, may_send).await,
+        };
+        // A database blip must not lose a result that may have cost an SMS:
+        // keep trying while the lease still protects the claim.
+        let mut delay = Duration::from_millis(50);
+        let give_up = tokio::time::Instant::now() + self.settings.lease / 2;
+        loop {
+            match self
+                .store
+                .record_result(&claim, &input, detail.clone(), &self.policy)
+                .await
+            {
+                Ok(applied) => {
+                    match &applied.verdict {
+                        Verdict::Apply(step) => {
+                            info!(event = step.event, state = %step.state, "recorded")
+                        }
+                        Verdict::Record { event, note } => {
+                            warn!(event, note, "result arrived after the message moved on")
+                        }
+                        Verdict::Refuse { reason } => warn!(reason, "result refused"),
+                    }
+                    return;
+                }
+                Err(e) if tokio::time::Instant::now() + delay < give_up => {
+                    warn!(error = %e, "cannot record the result yet; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(2));
+                }
+                Err(e) => {
+                    warn!(error = %e, "result not recorded; the claim will be retried in doubt");
+                    return;
+                }
+            }
+        }
+    }
+
+    fn retry_delay(&self, attempt: u32, retry_after: Option<Duration>) -> Duration {
+        self.backoff()
+            .delay(attempt, retry_after, rand::thread_rng().gen::<f64>())
+    }
+
+    async fn revoke(
+        &self,
+        claim: &Claimed,
+        attempt: u32,
+        after_doubt: bool,
+    ) -> (Input, serde_json::Value) {
+        let m = &claim.message;
+        let result = self.rbm.revoke(&m.agent_id, &m.phone, &m.message_id).await;
+        let (result, detail) = match result {
+            Ok(Revoked::Ok) => (RevokeResult::Revoked, serde_json::json!({ "status": 200 })),
+            Ok(Revoked::NotFound) => (
+                RevokeResult::NotFound,
+                serde_json::json!({ "status": 404, "after_doubt": after_doubt }),
+            ),
+            Err(e) => self.revoke_failure(e, attempt),
+        };
+        info!(phone = %mask(&m.phone), attempt, ?result, "revoke answered");
+        (Input::Revoke(result), detail)
+    }
+
+    fn revoke_failure(&self, e: CallError, attempt: u32) -> (RevokeResult, serde_json::Value) {
+        match e {
+            CallError::Rejected { status, detail, .. } => (
+                RevokeResult::Rejected {
+                    status,
+                    detail: detail.clone(),
+                },
+                serde_json::json!({ "status": status, "error": detail }),
+            ),
+            CallError::Retryable {
+                retry_after,
+                detail,
+            } => {
+                let delay = self.retry_delay(attempt, retry_after);
+                (
+                    RevokeResult::Retry {
+                        delay,
+                        ambiguous: false,
+                        detail: detail.clone(),
+                    },
+                    serde_json::json!({ "error": detail, "retry_in_ms": delay.as_millis() as u64 }),
+                )
+            }
+            CallError::Ambiguous { detail } => {
+                let delay = self.retry_delay(attempt, None);
+                (
+                    RevokeResult::Retry {
+                        delay,
+                        ambiguous: true,
+                        detail: detail.clone(),
+                    },
+                    serde_json::json!({ "error": detail, "ambiguous": true, "retry_in_ms": delay.as_millis() as u64 }),
+                )
+            }
+        }
+    }
+
+    async fn send_sms(
+        &self,
+        claim: &Claimed,
+        attempt: u32,
+        reconcile: bool,
+        may_send: bool,
+    ) -> (Input, serde_json::Value) {
+        let m = &claim.message;
+        if reconcile {
+            // An earlier attempt may have reached Twilio: look before sending again.
+            match self.twilio.find(&m.phone, &m.sms_body, m.created_at).await {
+                Ok(Some(found)) => {
+                    info!(sid = %found.sid, "an earlier attempt had sent the SMS");
+                    return accepted(found.sid, &found.status, true);
+                }
+                Ok(None) if !may_send => {
+                    return (
+                        Input::Sms(SmsResult::NotSent),
+                        serde_json::json!({ "reconciled": true }),
+                    );
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    // Still unknown: keep the doubt and look again later.
+                    let delay = self.retry_delay(attempt, None);
+                    let detail = format!("cannot check for an earlier SMS: {e}");
+                    return (
+                        Input::Sms(SmsResult::Retry {
+                            delay,
+                            ambiguous: true,
+                            detail: detail.clone(),
+                        }),
+                        serde_json::json!({ "error": detail, "retry_in_ms": delay.as_millis() as u64 }),
+                    );
+                }
+            }
+        }
+        let callback = format!(
+            "{}/webhooks/twilio/status?message_id={}",
+            self.public_url,
+            url_encode(&m.message_id)
+        );
+        let sent = self
+            .twilio
+            .send(&m.phone, &m.sms_body, m.sms_from.as_deref(), &callback)
+            .await;
+        info!(phone = %mask(&m.phone), attempt, ok = sent.is_ok(), "SMS send answered");
+        match sent {
+            Ok(rec) => accepted(rec.sid, &rec.status, false),
+            Err(CallError::Rejected {
+                status,
+                code,
+                detail,
+            }) => (
+                Input::Sms(SmsResult::Rejected {
+                    code,
+                    detail: detail.clone(),
+                }),
+                serde_json::json!({ "status": status, "code": code, "error": detail }),
+            ),
+            Err(CallError::Retryable {
+                retry_after,
+                detail,
+            }) => {
+                let delay = self.retry_delay(attempt, retry_after);
+                (
+                    Input::Sms(SmsResult::Retry {
+                        delay,
+                        ambiguous: false,
+                        detail: detail.clone(),
+                    }),
+                    serde_json::json!({ "error": detail, "retry_in_ms": delay.as_millis() as u64 }),
+                )
+            }
+            Err(CallError::Ambiguous { detail }) => {
+                let delay = self.retry_delay(attempt, None);
+                (
+                    Input::Sms(SmsResult::Retry {
+                        delay,
+                        ambiguous: true,
+                        detail: detail.clone(),
+                    }),
+                    serde_json::json!({ "error": detail, "ambiguous": true, "retry_in_ms": delay.as_millis() as u64 }),
+                )
+            }
+        }
+    }
+}
+
+fn accepted(sid: String, status: &str, reconciled: bool) -> (Input, serde_json::Value) {
+    // Twilio may add statuses; an unknown one at creation means "queued".
+    let parsed = SmsStatus::parse(status).unwrap_or(SmsStatus::Queued);
+    let detail = serde_json::json!({ "sid": sid, "status": status, "reconciled": reconciled });
+    (
+        Input::Sms(SmsResult::Accepted {
+            sid,
+            status: parsed,
+            reconciled,
+        }),
+        detail,
+    )
+}
+
+/// Message ids are limited to URL-safe characters at intake; this only
+/// guards the invariant.
+fn url_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Forwards NOTIFYs from other replicas to the local scheduler. Reconnects
+/// after a database outage; notifications lost meanwhile are covered by the
+/// scheduler's bounded sleep.
+async fn listen(store: Store, wake: Arc<Notify>, shutdown: CancellationToken) {
+    let mut delay = Duration::from_millis(200);
+    while !shutdown.is_cancelled() {
+        let mut listener = match PgListener::connect_with(store.pool()).await {
+            Ok(l) => l,
+            Err(e) => {
+                warn!(error = %e, "cannot LISTEN for due work; relying on polling meanwhile");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(10));
+                continue;
+            }
+        };
+        if let Err(e) = listener.listen(DUE_CHANNEL).await {
+            warn!(error = %e, "cannot LISTEN for due work");
+            tokio::time::sleep(delay).await;
+            continue;
+        }
+        delay = Duration::from_millis(200);
+        loop {
+            match listener.try_recv().await {
+                Ok(Some(_)) => wake.notify_one(),
+                // The connection was lost and re-established: anything sent
+                // in between is gone, so look for work now.
+                Ok(None) => wake.notify_one(),
+                Err(e) => {
+                    warn!(error = %e, "LISTEN connection failed");
+                    break;
+                }
+            }
+        }
+    }
+}
