@@ -74,10 +74,8 @@ pub async fn receive(
         == Some("agent_launch_event");
     let event_type = if launch_event {
         "AGENT_LAUNCH"
-    } else if let Some(t) = text("eventType") {
-        t
     } else {
-        "USER_MESSAGE"
+        text("eventType").unwrap_or("USER_MESSAGE")
     };
     let input = match event_type {
         "DELIVERED" => Some(Input::Delivered { read: false }),

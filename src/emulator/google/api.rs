@@ -272,6 +272,36 @@ async fn capabilities(
     (StatusCode::OK, Json(json!({ "features": features }))).into_response()
 }
 
+/// The emulator's own control plane, not part of Google's API: lets a person
+/// trying the sandbox "send" an RCS message as the agent would, without
+/// minting an OAuth token first. Body: {"phone", "message_id", "ttl_secs"?}.
+async fn control_send(State(inner): State<Arc<Inner>>, body: Bytes) -> Response {
+    let Ok(v) = serde_json::from_slice::<Value>(&body) else {
+        return google_error(StatusCode::BAD_REQUEST, "expected a JSON body");
+    };
+    let (Some(phone), Some(id)) = (
+        v.get("phone").and_then(Value::as_str),
+        v.get("message_id").and_then(Value::as_str),
+    ) else {
+        return google_error(StatusCode::BAD_REQUEST, "phone and message_id are required");
+    };
+    if !is_e164(phone) || id.is_empty() {
+        return google_error(StatusCode::BAD_REQUEST, "invalid phone or message_id");
+    }
+    let ttl = v
+        .get("ttl_secs")
+        .and_then(Value::as_f64)
+        .filter(|t| *t > 0.0)
+        .map(Duration::from_secs_f64);
+    let content = json!({ "text": format!("sandbox message {id}") });
+    inner.send_message(phone, id, content, None, ttl.map(Expiry::Ttl));
+    (
+        StatusCode::OK,
+        Json(json!({ "name": format!("phones/{phone}/agentMessages/{id}") })),
+    )
+        .into_response()
+}
+
 #[cfg(test)]
 mod unit {
     use super::*;
@@ -309,34 +339,4 @@ mod unit {
             Ok(expected.ok().map(Expiry::At))
         );
     }
-}
-
-/// The emulator's own control plane, not part of Google's API: lets a person
-/// trying the sandbox "send" an RCS message as the agent would, without
-/// minting an OAuth token first. Body: {"phone", "message_id", "ttl_secs"?}.
-async fn control_send(State(inner): State<Arc<Inner>>, body: Bytes) -> Response {
-    let Ok(v) = serde_json::from_slice::<Value>(&body) else {
-        return google_error(StatusCode::BAD_REQUEST, "expected a JSON body");
-    };
-    let (Some(phone), Some(id)) = (
-        v.get("phone").and_then(Value::as_str),
-        v.get("message_id").and_then(Value::as_str),
-    ) else {
-        return google_error(StatusCode::BAD_REQUEST, "phone and message_id are required");
-    };
-    if !is_e164(phone) || id.is_empty() {
-        return google_error(StatusCode::BAD_REQUEST, "invalid phone or message_id");
-    }
-    let ttl = v
-        .get("ttl_secs")
-        .and_then(Value::as_f64)
-        .filter(|t| *t > 0.0)
-        .map(Duration::from_secs_f64);
-    let content = json!({ "text": format!("sandbox message {id}") });
-    inner.send_message(phone, id, content, None, ttl.map(Expiry::Ttl));
-    (
-        StatusCode::OK,
-        Json(json!({ "name": format!("phones/{phone}/agentMessages/{id}") })),
-    )
-        .into_response()
 }
