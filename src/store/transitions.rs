@@ -143,6 +143,17 @@ pub(super) async fn write_step(
     };
     let state_changed = step.state.as_str() != row.state;
     let outcome = Outcome::of(step.state, step.rcs_delivered);
+    // The event first: its time then precedes the start of any wait the
+    // step schedules, so the history shows waits at their full length.
+    append_event(
+        conn,
+        row.id,
+        step.event,
+        Some(&row.state),
+        step.state.as_str(),
+        with_note(detail, step.note),
+    )
+    .await?;
     let updated = sqlx::query_as!(
         MessageRow,
         r#"UPDATE messages SET
@@ -154,7 +165,7 @@ pub(super) async fn write_step(
                sms_status = $7,
                due_at = CASE $8::text
                    WHEN 'never' THEN NULL
-                   WHEN 'in' THEN now() + $9::bigint * interval '1 millisecond'
+                   WHEN 'in' THEN clock_timestamp() + $9::bigint * interval '1 millisecond'
                    ELSE due_at END,
                lease_token = CASE $10::text
                    WHEN 'take' THEN $11::uuid
@@ -179,15 +190,6 @@ pub(super) async fn write_step(
         state_changed,
     )
     .fetch_one(&mut *conn)
-    .await?;
-    append_event(
-        conn,
-        row.id,
-        step.event,
-        Some(&row.state),
-        step.state.as_str(),
-        with_note(detail, step.note),
-    )
     .await?;
     Ok(updated)
 }
