@@ -5,6 +5,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::future::IntoFuture;
+
 use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -86,8 +88,20 @@ pub async fn run(
     info!(%addr, agent = %settings.rbm.agent_id, "rbm-fallback listening");
     let server_shutdown = shutdown.clone();
     let server = axum::serve(listener, app)
-        .with_graceful_shutdown(async move { server_shutdown.cancelled().await });
-    let result = server.await.context("HTTP server failed");
+        .with_graceful_shutdown(async move { server_shutdown.cancelled().await })
+        .into_future();
+    // Requests in flight get the grace period to finish, then are dropped.
+    let drain_deadline = async {
+        shutdown.cancelled().await;
+        tokio::time::sleep(grace).await;
+    };
+    let result = tokio::select! {
+        r = server => r.context("HTTP server failed"),
+        _ = drain_deadline => {
+            warn!("requests still in flight after the grace period; closing them");
+            Ok(())
+        }
+    };
     // The server may also end on its own (an accept error): stop the rest.
     shutdown.cancel();
     if tokio::time::timeout(grace + Duration::from_secs(1), scheduler)

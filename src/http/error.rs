@@ -19,6 +19,8 @@ pub enum ApiError {
     #[error("{0}")]
     InvalidQuery(String),
     #[error("{0}")]
+    InvalidBody(String),
+    #[error("{0}")]
     NotFound(String),
     #[error("{message}")]
     Conflict { code: &'static str, message: String },
@@ -70,6 +72,7 @@ impl ApiError {
             InvalidJson(_) => (StatusCode::BAD_REQUEST, "invalid_json"),
             Invalid { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_field"),
             InvalidQuery(_) => (StatusCode::BAD_REQUEST, "invalid_query"),
+            InvalidBody(_) => (StatusCode::BAD_REQUEST, "invalid_body"),
             NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             Conflict { code, .. } => (StatusCode::CONFLICT, code),
             PayloadTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),

@@ -56,12 +56,12 @@ pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
         match inner.classify() {
             serde_json::error::Category::Data => {
                 let message = inner.to_string();
-                // "missing field `x`" and "unknown field `x`" name the field
-                // only in the message; lift it out.
-                let named = message.split('`').nth(1).filter(|_| {
-                    message.starts_with("missing field") || message.starts_with("unknown field")
-                });
-                let field = match (path.as_str(), named) {
+                // A missing field is named only in the message (the path stops
+                // at its parent); an unknown one already ends the path.
+                let missing = message
+                    .strip_prefix("missing field `")
+                    .and_then(|rest| rest.split('`').next());
+                let field = match (path.as_str(), missing) {
                     (".", Some(name)) => name.to_owned(),
                     (p, Some(name)) => format!("{p}.{name}"),
                     (p, None) => p.to_owned(),
@@ -79,4 +79,44 @@ pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     de.end()
         .map_err(|e| ApiError::InvalidJson(format!("malformed JSON: {e}")))?;
     Ok(value)
+}
+
+/// The raw body for webhooks, with an over-limit body answered in our error
+/// format like everywhere else.
+pub struct RawBody(pub Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for RawBody {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let limit = req.extensions().get::<BodyLimit>().map_or(0, |l| l.0);
+        Bytes::from_request(req, state)
+            .await
+            .map(RawBody)
+            .map_err(|rejection| {
+                if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    ApiError::PayloadTooLarge { limit }
+                } else {
+                    ApiError::InvalidBody(rejection.body_text())
+                }
+            })
+    }
+}
+
+/// A path segment naming a message; a segment that is not even UTF-8
+/// names none, so it is answered 404 like any other unknown id.
+pub struct MessageIdPath(pub String);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for MessageIdPath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, ApiError> {
+        axum::extract::Path::<String>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Path(id)| MessageIdPath(id))
+            .map_err(|_| ApiError::NotFound("no such message".into()))
+    }
 }

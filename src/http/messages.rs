@@ -1,6 +1,6 @@
 //! The internal REST API: register, read, list and cancel messages.
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::Json;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::error::ApiError;
-use super::extract::JsonBody;
+use super::extract::{JsonBody, MessageIdPath};
 use super::AppState;
 use crate::config::bare_agent_id;
 use crate::domain::{Input, Phone, State as MsgState, Verdict};
@@ -175,14 +175,9 @@ fn validate(state: &AppState, req: &CreateMessage) -> Result<NewMessage, ApiErro
                     )
                 })?
                 .with_timezone(&Utc);
-            let now = Utc::now();
-            if at <= now {
-                return Err(ApiError::invalid(
-                    "deadline",
-                    format!("{text} is in the past"),
-                ));
-            }
-            if (at - now).to_std().unwrap_or_default() > max {
+            // A deadline in the past is refused in `create`, once it is known
+            // not to be the retry of a request accepted earlier.
+            if (at - Utc::now()).to_std().unwrap_or_default() > max {
                 return Err(ApiError::invalid(
                     "deadline",
                     format!("is more than {} seconds ahead", max.as_secs()),
@@ -247,7 +242,10 @@ fn validate(state: &AppState, req: &CreateMessage) -> Result<NewMessage, ApiErro
         "agent_id": agent_id,
         "phone": req.phone,
         "message_id": req.message_id,
-        "deadline": req.deadline.as_ref().map(|_| match &deadline { Deadline::At(at) => at.to_rfc3339(), Deadline::After(_) => String::new() }),
+        "deadline": match &deadline {
+            Deadline::At(at) => Some(at.to_rfc3339()),
+            Deadline::After(_) => None,
+        },
         "revoke_after_secs": req.revoke_after_secs,
         "sms": { "body": req.sms.body, "from": req.sms.from },
         "metadata": req.metadata,
@@ -271,6 +269,24 @@ pub async fn create(
     JsonBody(req): JsonBody<CreateMessage>,
 ) -> Result<(StatusCode, Json<MessageResource>), ApiError> {
     let new = validate(&state, &req)?;
+    if let Deadline::At(at) = new.deadline {
+        if at <= Utc::now() {
+            // A client retrying a request whose answer it lost, after the
+            // deadline passed, must still learn the message is registered.
+            return match state.store.get(&new.message_id).await? {
+                Some(m) if m.request_digest == new.request_digest => {
+                    Ok((StatusCode::OK, with_history(&state, m).await?))
+                }
+                _ => Err(ApiError::invalid(
+                    "deadline",
+                    format!(
+                        "{} is in the past",
+                        req.deadline.as_deref().unwrap_or_default()
+                    ),
+                )),
+            };
+        }
+    }
     match state.store.register(&new).await? {
         Registered::Created(m) => {
             tracing::info!(message_id = %m.message_id, deadline = %m.deadline, "registered");
@@ -289,7 +305,7 @@ pub async fn create(
 
 pub async fn get(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    MessageIdPath(id): MessageIdPath,
 ) -> Result<Json<MessageResource>, ApiError> {
     validate_message_id(&id).map_err(|_| not_found(&id))?;
     let m = state.store.get(&id).await?.ok_or_else(|| not_found(&id))?;
@@ -303,7 +319,7 @@ fn not_found(id: &str) -> ApiError {
 
 pub async fn cancel(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    MessageIdPath(id): MessageIdPath,
 ) -> Result<Json<MessageResource>, ApiError> {
     validate_message_id(&id).map_err(|_| not_found(&id))?;
     let applied = state

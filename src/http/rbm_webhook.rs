@@ -3,7 +3,6 @@
 //! answers; it never calls out. Anything but a 200 makes Google retry, which
 //! is what we want whenever we could not record the event.
 
-use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -13,6 +12,7 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use super::error::ApiError;
+use super::extract::RawBody;
 use super::AppState;
 use crate::config::bare_agent_id;
 use crate::domain::Input;
@@ -36,7 +36,7 @@ struct PubSubMessage {
 pub async fn receive(
     State(state): State<AppState>,
     headers: HeaderMap,
-    body: Bytes,
+    RawBody(body): RawBody,
 ) -> Result<Response, ApiError> {
     let value: serde_json::Value = super::extract::parse(&body)?;
     if value.get("message").is_none() && value.get("clientToken").is_some() {

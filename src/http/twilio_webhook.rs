@@ -2,11 +2,11 @@
 //! from the configured public URL, never from proxy headers) and applied
 //! monotonically by the state machine.
 
-use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, Uri};
 
 use super::error::ApiError;
+use super::extract::RawBody;
 use super::AppState;
 use crate::domain::{Input, SmsStatus};
 use crate::signature::twilio_verify;
@@ -16,10 +16,10 @@ pub async fn status(
     State(state): State<AppState>,
     uri: Uri,
     headers: HeaderMap,
-    body: Bytes,
+    RawBody(body): RawBody,
 ) -> Result<StatusCode, ApiError> {
     let params: Vec<(String, String)> = serde_urlencoded::from_bytes(&body)
-        .map_err(|e| ApiError::InvalidJson(format!("not a form-encoded body: {e}")))?;
+        .map_err(|e| ApiError::InvalidBody(format!("not a form-encoded body: {e}")))?;
     let signature = headers
         .get("x-twilio-signature")
         .and_then(|v| v.to_str().ok())
