@@ -151,7 +151,7 @@ impl Settings {
         file: Option<&Path>,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Settings, ConfigError> {
-        let raw: Raw = deserialize(layered(file, env)?)?;
+        let raw: Raw = deserialize(layered(file, env)?, None)?;
         raw.validate()
     }
 
@@ -162,6 +162,7 @@ impl Settings {
         let db: RawDatabase = deserialize(
             tree.remove("database")
                 .unwrap_or_else(|| toml::Table::new().into()),
+            Some("database"),
         )?;
         db.validate()
     }
@@ -194,16 +195,25 @@ fn layered(
     Ok(tree)
 }
 
+/// `prefix` is the section the tree stands for, if it is not the whole file.
 fn deserialize<T: serde::de::DeserializeOwned>(
     tree: impl Into<toml::Value>,
+    prefix: Option<&str>,
 ) -> Result<T, ConfigError> {
-    // serde names the offending key in its message.
-    tree.into()
-        .try_into()
-        .map_err(|e: toml::de::Error| ConfigError::Invalid {
-            setting: "(config file)".into(),
-            message: e.message().to_owned(),
-        })
+    serde_path_to_error::deserialize(tree.into()).map_err(|e| {
+        let path = match prefix {
+            Some(section) => format!("{section}.{}", e.path()),
+            None => e.path().to_string(),
+        };
+        let setting = match path.split_once('.') {
+            Some((section, key)) => format!("{} ({path})", Settings::env_name_of(section, key)),
+            None => path,
+        };
+        ConfigError::Invalid {
+            setting,
+            message: e.into_inner().to_string(),
+        }
+    })
 }
 
 fn parse(path: &str, text: &str) -> Result<toml::Table, ConfigError> {
