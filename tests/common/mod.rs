@@ -2,7 +2,7 @@
 //! the sandbox (real service + emulators) on it, and small helpers for the
 //! API. Nothing here is a mock: every test talks HTTP to the real service.
 
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 use std::time::Duration;
 
@@ -150,15 +150,27 @@ impl Harness {
     /// Polls the API until the message is in `state` (it changes in the
     /// service's own time); fails with the last resource seen.
     pub async fn wait_state(&self, id: &str, state: &str) -> Value {
+        self.wait_until(id, &format!("state {state}"), |m| m["state"] == state)
+            .await
+    }
+
+    pub async fn wait_outcome(&self, id: &str, outcome: &str) -> Value {
+        self.wait_until(id, &format!("outcome {outcome}"), |m| {
+            m["outcome"] == outcome
+        })
+        .await
+    }
+
+    pub async fn wait_until(&self, id: &str, what: &str, done: impl Fn(&Value) -> bool) -> Value {
         let mut last = Value::Null;
         for _ in 0..1000 {
             last = self.get(id).await;
-            if last["state"] == state {
+            if done(&last) {
                 return last;
             }
             tokio::time::sleep(Duration::from_millis(15)).await;
         }
-        panic!("message {id} never reached {state}; last seen: {last:#}");
+        panic!("message {id} never reached {what}; last seen: {last:#}");
     }
 
     pub async fn sms_to(&self, phone: &str) -> usize {
