@@ -5,9 +5,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use std::future::IntoFuture;
-
 use anyhow::Context;
+use axum::Router;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -75,9 +77,15 @@ pub async fn run(
         policy: policy(&settings),
         settings: settings.worker.clone(),
         public_url: settings.server.public_url.clone(),
+        limits: crate::worker::Limits::new(&settings.worker),
     });
     let grace = settings.server.shutdown_grace;
     let scheduler = tokio::spawn(worker.run(shutdown.clone(), grace));
+    tokio::spawn(crate::worker::prune(
+        store.clone(),
+        settings.retention.clone(),
+        shutdown.clone(),
+    ));
 
     let app = router(AppState {
         store: store.clone(),
@@ -86,23 +94,17 @@ pub async fn run(
     });
     let addr = listener.local_addr()?;
     info!(%addr, agent = %settings.rbm.agent_id, "rbm-fallback listening");
-    let server_shutdown = shutdown.clone();
-    let server = axum::serve(listener, app)
-        .with_graceful_shutdown(async move { server_shutdown.cancelled().await })
-        .into_future();
     // Requests in flight get the grace period to finish, then are dropped.
     let drain_deadline = async {
         shutdown.cancelled().await;
         tokio::time::sleep(grace).await;
     };
-    let result = tokio::select! {
-        r = server => r.context("HTTP server failed"),
-        _ = drain_deadline => {
+    tokio::select! {
+        () = serve(listener, app, settings.server.header_timeout, shutdown.clone()) => {}
+        () = drain_deadline => {
             warn!("requests still in flight after the grace period; closing them");
-            Ok(())
         }
-    };
-    // The server may also end on its own (an accept error): stop the rest.
+    }
     shutdown.cancel();
     if tokio::time::timeout(grace + Duration::from_secs(1), scheduler)
         .await
@@ -112,5 +114,69 @@ pub async fn run(
     }
     store.pool().close().await;
     info!("stopped");
-    result
+    Ok(())
+}
+
+/// The largest request head (request line and headers) accepted; a larger
+/// one is answered 431 and its connection closed.
+pub const MAX_HEADER_BYTES: usize = 16 * 1024;
+
+/// Serves HTTP/1.1 until `shutdown`, then lets the open connections finish
+/// their requests (the caller bounds how long). `axum::serve` has no limit on
+/// how long a client may take to send its headers, so a client trickling
+/// them (slowloris) could hold a connection forever: this server closes a
+/// connection whose request head is not complete within `header_timeout`,
+/// which also bounds how long an idle keep-alive connection stays open. A
+/// slow body is bounded by the per-request timeout in the router.
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    header_timeout: Duration,
+    shutdown: CancellationToken,
+) {
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(header_timeout)
+        .max_header_size(MAX_HEADER_BYTES);
+    let graceful = GracefulShutdown::new();
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _peer)) => stream,
+                Err(e) => {
+                    if !is_connection_error(&e) {
+                        // Out of file descriptors and the like: wait instead
+                        // of spinning, as axum::serve does.
+                        warn!(error = %e, "cannot accept connections");
+                        tokio::select! {
+                            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                            () = shutdown.cancelled() => break,
+                        }
+                    }
+                    continue;
+                }
+            },
+            () = shutdown.cancelled() => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let service = TowerToHyperService::new(app.clone());
+        let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                // Slow or broken clients; nothing the service can act on.
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+}
+
+fn is_connection_error(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::ConnectionRefused
+            | std::io::ErrorKind::ConnectionAborted
+            | std::io::ErrorKind::ConnectionReset
+    )
 }

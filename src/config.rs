@@ -74,6 +74,15 @@ pub struct Settings {
     pub twilio: TwilioSettings,
     pub fallback: FallbackSettings,
     pub worker: WorkerSettings,
+    pub retention: RetentionSettings,
+}
+
+#[derive(Clone, Debug)]
+pub struct RetentionSettings {
+    /// `None`: keep everything.
+    pub keep: Option<Duration>,
+    pub sweep_interval: Duration,
+    pub sweep_batch: i64,
 }
 
 #[derive(Clone, Debug)]
@@ -83,6 +92,9 @@ pub struct ServerSettings {
     pub public_url: String,
     pub api_tokens: Vec<Secret>,
     pub request_timeout: Duration,
+    /// Longest a client may take to send a request's line and headers (and
+    /// longest an idle keep-alive connection stays open).
+    pub header_timeout: Duration,
     pub body_limit_bytes: usize,
     pub shutdown_grace: Duration,
 }
@@ -133,6 +145,9 @@ pub struct WorkerSettings {
     pub max_idle: Duration,
     pub retry_base: Duration,
     pub retry_cap: Duration,
+    /// Calls per second; 0 = unlimited.
+    pub rbm_rate_per_sec: u32,
+    pub twilio_rate_per_sec: u32,
 }
 
 /// Strips the "@rbm.goog" that webhook payloads carry: both forms name one agent.
@@ -305,6 +320,15 @@ struct Raw {
     twilio: RawTwilio,
     fallback: RawFallback,
     worker: RawWorker,
+    retention: RawRetention,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRetention {
+    keep_days: u64,
+    sweep_interval_ms: u64,
+    sweep_batch: i64,
 }
 
 #[derive(Deserialize)]
@@ -314,6 +338,7 @@ struct RawServer {
     public_url: String,
     api_tokens: Vec<String>,
     request_timeout_ms: u64,
+    header_timeout_ms: u64,
     body_limit_bytes: usize,
     shutdown_grace_ms: u64,
 }
@@ -363,6 +388,8 @@ struct RawWorker {
     max_idle_ms: u64,
     retry_base_ms: u64,
     retry_cap_ms: u64,
+    rbm_rate_per_sec: u32,
+    twilio_rate_per_sec: u32,
 }
 
 impl RawDatabase {
@@ -489,6 +516,13 @@ impl Raw {
                 100,
                 300_000,
             )?,
+            header_timeout: millis(
+                "server",
+                "header_timeout_ms",
+                s.header_timeout_ms,
+                100,
+                300_000,
+            )?,
             body_limit_bytes: s.body_limit_bytes,
             shutdown_grace: millis(
                 "server",
@@ -593,6 +627,8 @@ impl Raw {
             max_idle: millis("worker", "max_idle_ms", w.max_idle_ms, 10, 60_000)?,
             retry_base: millis("worker", "retry_base_ms", w.retry_base_ms, 1, 600_000)?,
             retry_cap: millis("worker", "retry_cap_ms", w.retry_cap_ms, 1, 86_400_000)?,
+            rbm_rate_per_sec: w.rbm_rate_per_sec,
+            twilio_rate_per_sec: w.twilio_rate_per_sec,
         };
         let longest_call = rbm.timeout.max(twilio.timeout);
         if worker.lease <= longest_call {
@@ -603,6 +639,33 @@ impl Raw {
             ));
         }
 
+        let r = &self.retention;
+        if !(1..=100_000).contains(&r.sweep_batch) {
+            return Err(invalid(
+                "retention",
+                "sweep_batch",
+                "must be between 1 and 100000",
+            ));
+        }
+        if r.keep_days > 36_500 {
+            return Err(invalid(
+                "retention",
+                "keep_days",
+                "must be at most 36500 (0 keeps everything)",
+            ));
+        }
+        let retention = RetentionSettings {
+            keep: (r.keep_days > 0).then(|| Duration::from_secs(r.keep_days * 86_400)),
+            sweep_interval: millis(
+                "retention",
+                "sweep_interval_ms",
+                r.sweep_interval_ms,
+                100,
+                86_400_000,
+            )?,
+            sweep_batch: r.sweep_batch,
+        };
+
         Ok(Settings {
             server,
             database,
@@ -610,6 +673,7 @@ impl Raw {
             twilio,
             fallback,
             worker,
+            retention,
         })
     }
 }
@@ -657,6 +721,25 @@ mod tests {
         assert_eq!(s.twilio.base_url, "https://api.twilio.com");
         assert_eq!(s.twilio.sender, SmsSender::From("+14155550100".into()));
         assert_eq!(s.fallback.confirm_window, Duration::from_millis(5000));
+        assert_eq!(s.server.header_timeout, Duration::from_millis(10_000));
+    }
+
+    #[test]
+    fn the_header_timeout_is_a_bounded_server_setting() {
+        let mut env = base_env();
+        env.insert("RBMF__SERVER__HEADER_TIMEOUT_MS", "2500");
+        assert_eq!(
+            load(&env).unwrap().server.header_timeout,
+            Duration::from_millis(2500)
+        );
+        for bad in ["0", "99", "300001", "soon"] {
+            env.insert("RBMF__SERVER__HEADER_TIMEOUT_MS", bad);
+            let err = error_of(&env);
+            assert!(
+                err.contains("RBMF__SERVER__HEADER_TIMEOUT_MS"),
+                "{bad}: {err}"
+            );
+        }
     }
 
     #[test]

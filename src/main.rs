@@ -43,6 +43,28 @@ enum Command {
         #[arg(long, default_value_t = 8080)]
         port: u16,
     },
+    /// Run fault scenarios (crashes, replicas, database restart, outages,
+    /// injected faults) against the service and print a results table; exit
+    /// non-zero if a message was lost or an SMS sent twice.
+    Chaos {
+        /// A scenario to run (repeatable): faults, crash, replicas,
+        /// postgres-restart, outage, ambiguous-sms. Default: all.
+        #[arg(long = "scenario", value_name = "NAME")]
+        scenarios: Vec<String>,
+        /// Messages per scenario (default 2000; 200 with --quick).
+        #[arg(long)]
+        messages: Option<usize>,
+        /// Small, fast versions of the scenarios.
+        #[arg(long)]
+        quick: bool,
+        /// Seed for the message mix, the faults and the kill moments.
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Faults layered over the `faults` scenario's own, e.g.
+        /// google.error_rate=0.2,twilio.response_lost_rate=0.1.
+        #[arg(long, value_name = "SPEC")]
+        faults: Option<String>,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -76,6 +98,25 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                 rbm_fallback::app::connect_store(&db, std::time::Duration::from_secs(1)).await?;
             rbm_fallback::app::migrate(&store, std::time::Duration::from_secs(60)).await?;
             tracing::info!("migrations applied");
+        }
+        Command::Chaos {
+            scenarios,
+            messages,
+            quick,
+            seed,
+            faults,
+        } => {
+            let ok = rbm_fallback::chaos::run(rbm_fallback::chaos::Options {
+                scenarios,
+                messages,
+                quick,
+                seed,
+                faults,
+            })
+            .await?;
+            if !ok {
+                return Ok(std::process::ExitCode::FAILURE);
+            }
         }
         Command::Sandbox { demo, port } => {
             let ok = rbm_fallback::sandbox::run(

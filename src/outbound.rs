@@ -28,7 +28,15 @@ pub enum CallError {
 
 impl CallError {
     pub fn from_reqwest(e: reqwest::Error) -> CallError {
-        let detail = error_chain(&e);
+        // reqwest names the URL in its errors, and ours hold phone numbers
+        // (the revoke's path, the `To` of Twilio's list), which must not reach
+        // the logs unmasked: name only the host.
+        let host = e.url().and_then(|u| u.host_str()).map(str::to_owned);
+        let e = e.without_url();
+        let mut detail = error_chain(&e);
+        if let Some(host) = host {
+            detail.push_str(&format!(" (calling {host})"));
+        }
         if e.is_connect() {
             // No connection, so no request: nothing can have happened.
             CallError::Retryable {
@@ -69,4 +77,32 @@ pub fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
         .parse::<u64>()
         .ok()
         .map(Duration::from_secs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn errors_do_not_repeat_the_phone_number_in_the_url() {
+        // A port nothing listens on: the connection is refused.
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = closed.local_addr().unwrap().port();
+        drop(closed);
+        let url = format!(
+            "http://127.0.0.1:{port}/v1/phones/+14155550123/agentMessages/m1?To=%2B14155550123"
+        );
+        let e = reqwest::Client::new()
+            .delete(&url)
+            .send()
+            .await
+            .unwrap_err();
+        match CallError::from_reqwest(e) {
+            CallError::Retryable { detail, .. } => {
+                assert!(!detail.contains("4155550123"), "{detail}");
+                assert!(detail.contains("127.0.0.1"), "{detail}");
+            }
+            other => panic!("a refused connection is retryable: {other:?}"),
+        }
+    }
 }

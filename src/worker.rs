@@ -8,6 +8,7 @@
 //! `max_idle`, because notifications can be lost (a listener reconnecting
 //! drops them).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,9 +18,10 @@ use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn, Instrument};
 
-use crate::config::WorkerSettings;
+use crate::config::{RetentionSettings, WorkerSettings};
 use crate::domain::backoff::Backoff;
 use crate::domain::phone::mask;
+use crate::domain::ratelimit::TokenBucket;
 use crate::domain::{Action, Input, Policy, RevokeResult, SmsResult, SmsStatus, Verdict};
 use crate::google::{RbmClient, Revoked};
 use crate::outbound::CallError;
@@ -34,6 +36,38 @@ pub struct Worker {
     pub settings: WorkerSettings,
     /// Base of the StatusCallback URLs given to Twilio.
     pub public_url: String,
+    pub limits: Limits,
+}
+
+/// Outbound rate limits: one token bucket per agent (RBM API) and per
+/// sender (Twilio).
+pub struct Limits {
+    rbm_rate: u32,
+    twilio_rate: u32,
+    buckets: std::sync::Mutex<HashMap<String, TokenBucket>>,
+}
+
+impl Limits {
+    pub fn new(settings: &WorkerSettings) -> Limits {
+        Limits {
+            rbm_rate: settings.rbm_rate_per_sec,
+            twilio_rate: settings.twilio_rate_per_sec,
+            buckets: Default::default(),
+        }
+    }
+
+    /// How long to wait for the next slot under `key`, if within `max_wait`.
+    fn reserve(&self, key: String, rate: u32, max_wait: Duration) -> Result<Duration, Duration> {
+        if rate == 0 {
+            return Ok(Duration::ZERO);
+        }
+        let now = std::time::Instant::now();
+        let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
+        buckets
+            .entry(key)
+            .or_insert_with(|| TokenBucket::new(f64::from(rate), f64::from(rate), now))
+            .reserve(now, max_wait)
+    }
 }
 
 impl Worker {
@@ -170,6 +204,17 @@ impl Worker {
         }
     }
 
+    /// Waits for a rate-limit slot, unless it is so far off that holding the
+    /// claim meanwhile would risk its lease: then the work goes back to the
+    /// queue, due when the slot frees up.
+    async fn throttle(&self, key: String, rate: u32) -> Result<(), Duration> {
+        let wait = self.limits.reserve(key, rate, self.settings.lease / 2)?;
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
+        }
+        Ok(())
+    }
+
     fn retry_delay(&self, attempt: u32, retry_after: Option<Duration>) -> Duration {
         self.backoff()
             .delay(attempt, retry_after, rand::thread_rng().gen::<f64>())
@@ -182,6 +227,17 @@ impl Worker {
         after_doubt: bool,
     ) -> (Input, serde_json::Value) {
         let m = &claim.message;
+        let key = format!("rbm:{}", m.agent_id);
+        if let Err(free_in) = self.throttle(key, self.limits.rbm_rate).await {
+            return (
+                Input::Revoke(RevokeResult::Retry {
+                    delay: free_in,
+                    ambiguous: false,
+                    detail: RATE_LIMITED.into(),
+                }),
+                rate_limited(free_in),
+            );
+        }
         let result = self.rbm.revoke(&m.agent_id, &m.phone, &m.message_id).await;
         let (result, detail) = match result {
             Ok(Revoked::Ok) => (RevokeResult::Revoked, serde_json::json!({ "status": 200 })),
@@ -191,7 +247,17 @@ impl Worker {
             ),
             Err(e) => self.revoke_failure(e, attempt),
         };
-        info!(phone = %mask(&m.phone), attempt, ?result, "revoke answered");
+        // Only the kind of answer: upstream error texts may quote the phone.
+        let answer = match &result {
+            RevokeResult::Revoked => "revoked",
+            RevokeResult::NotFound => "not found",
+            RevokeResult::Retry {
+                ambiguous: true, ..
+            } => "no answer (will retry)",
+            RevokeResult::Retry { .. } => "refused for now (will retry)",
+            RevokeResult::Rejected { .. } => "rejected",
+        };
+        info!(phone = %mask(&m.phone), attempt, answer, "revoke answered");
         (Input::Revoke(result), detail)
     }
 
@@ -274,6 +340,20 @@ impl Worker {
             self.public_url,
             url_encode(&m.message_id)
         );
+        let sender = m.sms_from.as_deref().unwrap_or("default");
+        if let Err(free_in) = self
+            .throttle(format!("twilio:{sender}"), self.limits.twilio_rate)
+            .await
+        {
+            return (
+                Input::Sms(SmsResult::Retry {
+                    delay: free_in,
+                    ambiguous: false,
+                    detail: RATE_LIMITED.into(),
+                }),
+                rate_limited(free_in),
+            );
+        }
         let sent = self
             .twilio
             .send(&m.phone, &m.sms_body, m.sms_from.as_deref(), &callback)
@@ -319,6 +399,12 @@ impl Worker {
             }
         }
     }
+}
+
+const RATE_LIMITED: &str = "rate limited: waiting for a slot";
+
+fn rate_limited(free_in: Duration) -> serde_json::Value {
+    serde_json::json!({ "error": RATE_LIMITED, "retry_in_ms": free_in.as_millis() as u64 })
 }
 
 fn accepted(sid: String, status: &str, reconciled: bool) -> (Input, serde_json::Value) {
@@ -380,6 +466,42 @@ async fn listen(store: Store, wake: Arc<Notify>, shutdown: CancellationToken) {
                     break;
                 }
             }
+        }
+    }
+}
+
+/// Deletes finished work past its retention, a small batch per transaction,
+/// until none is left, then sleeps until the next sweep.
+pub async fn prune(store: Store, retention: RetentionSettings, shutdown: CancellationToken) {
+    let Some(keep) = retention.keep else { return };
+    loop {
+        let mut total = crate::store::Pruned::default();
+        loop {
+            match store.prune(keep, retention.sweep_batch).await {
+                Ok(p) => {
+                    total.messages += p.messages;
+                    total.rbm_events += p.rbm_events;
+                    let batch = retention.sweep_batch as u64;
+                    if (p.messages < batch && p.rbm_events < batch) || shutdown.is_cancelled() {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    warn!(error = %e, "retention sweep failed; next sweep will retry");
+                    break;
+                }
+            }
+        }
+        if total != crate::store::Pruned::default() {
+            info!(
+                messages = total.messages,
+                rbm_events = total.rbm_events,
+                "pruned finished work past its retention"
+            );
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(retention.sweep_interval) => {}
+            _ = shutdown.cancelled() => return,
         }
     }
 }

@@ -21,6 +21,10 @@ pub struct Facts {
     pub state: State,
     /// A DELIVERED or READ arrived (or Google told us so another way).
     pub rcs_delivered: bool,
+    /// The delivery was only inferred from a revoke's 404, which also means
+    /// "already removed" (by Google's TTL, say): a later TTL_EXPIRATION_REVOKED
+    /// overrides it.
+    pub rcs_inferred: bool,
     /// A worker claimed the current step and has not recorded a result: its
     /// call may be under way, or it died holding the claim.
     pub in_flight: bool,
@@ -36,6 +40,7 @@ impl Facts {
         Facts {
             state: State::Pending,
             rcs_delivered: false,
+            rcs_inferred: false,
             in_flight: false,
             in_doubt: false,
             sms_sid: None,
@@ -139,6 +144,7 @@ pub enum Lease {
 pub struct Step {
     pub state: State,
     pub rcs_delivered: bool,
+    pub rcs_inferred: bool,
     pub in_doubt: bool,
     pub sms_sid: Option<String>,
     pub sms_status: Option<SmsStatus>,
@@ -172,6 +178,19 @@ pub struct Policy {
     pub lease: Duration,
 }
 
+impl Input {
+    /// The input a Google event of this `eventType` is, if it concerns the fallback.
+    pub fn from_rbm_event(event_type: &str) -> Option<Input> {
+        match event_type {
+            "DELIVERED" => Some(Input::Delivered { read: false }),
+            "READ" => Some(Input::Delivered { read: true }),
+            "TTL_EXPIRATION_REVOKED" => Some(Input::TtlRevoked),
+            "TTL_EXPIRATION_REVOKE_FAILED" => Some(Input::TtlRevokeFailed),
+            _ => None,
+        }
+    }
+}
+
 pub fn apply(facts: &Facts, input: &Input, policy: &Policy) -> Verdict {
     use State::*;
     let f = facts;
@@ -179,6 +198,7 @@ pub fn apply(facts: &Facts, input: &Input, policy: &Policy) -> Verdict {
     let base = |event: &'static str| Step {
         state: f.state,
         rcs_delivered: f.rcs_delivered,
+        rcs_inferred: f.rcs_inferred,
         in_doubt: f.in_doubt,
         sms_sid: f.sms_sid.clone(),
         sms_status: f.sms_status,
@@ -214,6 +234,13 @@ pub fn apply(facts: &Facts, input: &Input, policy: &Policy) -> Verdict {
                 event: "ttl_revoked",
                 note: "already confirming the revocation",
             },
+            // The 404 we read as "delivered" meant "expired": it never arrived.
+            Delivered if f.rcs_inferred => Verdict::Apply(Step {
+                rcs_delivered: false,
+                rcs_inferred: false,
+                note: Some("Google's TTL had removed it: the revoke's 404 did not mean delivered"),
+                ..goto("ttl_revoked", Confirming, Due::In(policy.confirm_window))
+            }),
             _ => Verdict::Record {
                 event: "ttl_revoked",
                 note: "arrived after the revocation was settled",
@@ -254,6 +281,7 @@ pub fn apply(facts: &Facts, input: &Input, policy: &Policy) -> Verdict {
                 },
                 RevokeResult::NotFound => Step {
                     rcs_delivered: true,
+                    rcs_inferred: true,
                     ..goto("revoke_not_found", Delivered, Due::Never)
                 },
                 RevokeResult::Retry {
@@ -323,6 +351,7 @@ fn rcs_arrived(
     use State::*;
     let delivered = |step: Step| Step {
         rcs_delivered: true,
+        rcs_inferred: false,
         ..step
     };
     match f.state {
@@ -334,10 +363,14 @@ fn rcs_arrived(
         SmsSending if !f.in_flight && !f.in_doubt => {
             Verdict::Apply(delivered(goto(event, Delivered, Due::Never)))
         }
-        _ if f.rcs_delivered => Verdict::Record {
+        _ if f.rcs_delivered && !f.rcs_inferred => Verdict::Record {
             event,
             note: "delivery already known",
         },
+        Delivered => Verdict::Apply(Step {
+            note: Some("confirms the delivery the revoke's 404 implied"),
+            ..delivered(base(event))
+        }),
         // An SMS may be on its way or already out: the state stays (never
         // backwards) and the outcome becomes "both" if the SMS went out.
         _ => Verdict::Apply(Step {

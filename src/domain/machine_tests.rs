@@ -35,6 +35,7 @@ fn next(f: &Facts, s: &Step) -> Facts {
     Facts {
         state: s.state,
         rcs_delivered: s.rcs_delivered,
+        rcs_inferred: s.rcs_inferred,
         in_flight: match s.lease {
             Lease::Take => true,
             Lease::Release => false,
@@ -145,6 +146,35 @@ fn revoke_404_means_delivered_without_sms() {
     assert_eq!(s.state, State::Delivered);
     assert!(s.rcs_delivered);
     assert_eq!(s.action, None);
+}
+
+#[test]
+fn a_ttl_revocation_after_a_404_overrides_the_inferred_delivery() {
+    let s = step(
+        &claimed(State::Revoking),
+        Input::Revoke(RevokeResult::NotFound),
+    );
+    assert!(s.rcs_inferred);
+    let f = next(&claimed(State::Revoking), &s);
+    let s = step(&f, Input::TtlRevoked);
+    assert_eq!(s.state, State::Confirming);
+    assert!(!s.rcs_delivered && !s.rcs_inferred);
+    assert_eq!(s.due, Due::In(POLICY.confirm_window));
+}
+
+#[test]
+fn a_delivered_after_a_404_confirms_it_and_then_ttl_changes_nothing() {
+    let f = next(
+        &claimed(State::Revoking),
+        &step(
+            &claimed(State::Revoking),
+            Input::Revoke(RevokeResult::NotFound),
+        ),
+    );
+    let s = step(&f, Input::Delivered { read: false });
+    assert!(s.rcs_delivered && !s.rcs_inferred);
+    assert_eq!(s.state, State::Delivered);
+    assert_eq!(recorded(&next(&f, &s), Input::TtlRevoked), "ttl_revoked");
 }
 
 #[test]
@@ -639,12 +669,14 @@ fn run(events: &[Event]) -> (Facts, World) {
             }
             Verdict::Record { .. } | Verdict::Refuse { .. } => {}
         }
-        if before.state.is_final() {
+        // Final states stay, except a delivery only inferred from a 404,
+        // which a TTL revocation proves wrong.
+        if before.state.is_final() && !before.rcs_inferred {
             assert_eq!(before.state, f.state, "a final state changed on {input:?}");
         }
         assert!(
-            f.rcs_delivered || !before.rcs_delivered,
-            "delivery was forgotten"
+            f.rcs_delivered || !before.rcs_delivered || before.rcs_inferred,
+            "a confirmed delivery was forgotten"
         );
     }
     (f, w)

@@ -4,6 +4,7 @@
 pub mod backoff;
 pub mod machine;
 pub mod phone;
+pub mod ratelimit;
 pub mod state;
 
 pub use machine::{

@@ -4,41 +4,39 @@
 //! It speaks the real wire format (form-encoded requests, HTTP Basic auth,
 //! Twilio's JSON resources and error bodies, `X-Twilio-Signature`), so the
 //! service reaches it only through its Twilio base-URL setting. Tests steer it
-//! per recipient ([`RecipientBehaviour`]) and per create request
-//! ([`CreateFault`]), and observe everything it was asked and everything it
+//! per recipient ([`RecipientBehaviour`]), per create request
+//! ([`CreateFault`]) and with switchable random faults ([`TwilioFaults`]:
+//! errors, hangs, resets, lost answers, slowness, duplicated, reordered and
+//! lost callbacks), and observe everything it was asked and everything it
 //! called back.
 //!
 //! Status callbacks are only ever POSTed to loopback hosts: the emulator must
 //! never reach out to the network, whatever URL a client hands it.
 
 use std::collections::{HashMap, VecDeque};
-use std::io;
-use std::net::SocketAddr;
-use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context as _};
 use axum::body::Bytes;
-use axum::extract::connect_info::Connected;
 use axum::extract::{ConnectInfo, OriginalUri, Path, RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::serve::{IncomingStream, Listener};
 use axum::{Json, Router};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use chrono::{DateTime, NaiveDate, NaiveTime, SubsecRound, Utc};
 use rand::Rng;
 use serde_json::{json, Value};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::AbortHandle;
 
+use super::conn::{ConnKill, KillableListener};
+pub use super::faults::TwilioFaults;
+use super::faults::{self, Fault};
 use crate::signature::{secret_eq, twilio_sign};
 
 const API_VERSION: &str = "2010-04-01";
@@ -184,6 +182,24 @@ struct Shared {
     /// Bumped (outside the state lock) whenever anything observable changes,
     /// so waiters re-check their condition instead of polling.
     changed: watch::Sender<u64>,
+    /// Status walks and callback deliveries under way.
+    busy: AtomicUsize,
+}
+
+/// Counts one piece of pending work for as long as it lives.
+struct Busy(Arc<Shared>);
+
+impl Busy {
+    fn new(shared: &Arc<Shared>) -> Busy {
+        shared.busy.fetch_add(1, Ordering::SeqCst);
+        Busy(shared.clone())
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.busy.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 #[derive(Default)]
@@ -193,6 +209,16 @@ struct Books {
     faults: VecDeque<CreateFault>,
     create_requests: usize,
     callbacks: Vec<CallbackRecord>,
+    /// Switchable random faults, applied after the queued ones.
+    random: TwilioFaults,
+    /// Every API request (create, list, fetch), faulted ones included.
+    requests: usize,
+    /// Create requests per `To`, which names each one for the fault draw.
+    creates_to: HashMap<String, u64>,
+    /// Callbacks per (To, status), likewise.
+    callbacks_for: HashMap<(String, String), u64>,
+    /// Callbacks the faults kept from being sent.
+    dropped_callbacks: Vec<CallbackRecord>,
 }
 
 struct StoredMessage {
@@ -246,6 +272,7 @@ impl TwilioEmulator {
             http,
             state: Mutex::new(Books::default()),
             changed: watch::channel(0).0,
+            busy: AtomicUsize::new(0),
         });
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
@@ -292,6 +319,34 @@ impl TwilioEmulator {
     /// Queues faults, consumed one per create request, in order.
     pub fn queue_create_faults(&self, faults: Vec<CreateFault>) {
         self.inner.shared.state().faults.extend(faults);
+    }
+
+    /// Switches the random faults; they apply to requests and callbacks from
+    /// now on. Queued [`CreateFault`]s still come first.
+    pub fn set_faults(&self, faults: TwilioFaults) {
+        self.inner.shared.state().random = faults;
+    }
+
+    pub fn faults(&self) -> TwilioFaults {
+        self.inner.shared.state().random.clone()
+    }
+
+    /// Every API request received (create, list and fetch), including those
+    /// answered with an injected fault.
+    pub fn requests(&self) -> usize {
+        self.inner.shared.state().requests
+    }
+
+    /// Status callbacks that the faults dropped (never sent): `attempt` 0,
+    /// no `http_status`.
+    pub fn callbacks_dropped(&self) -> Vec<CallbackRecord> {
+        self.inner.shared.state().dropped_callbacks.clone()
+    }
+
+    /// Status walks and status callbacks still under way: 0 when nothing
+    /// more will happen unless asked.
+    pub fn busy(&self) -> usize {
+        self.inner.shared.busy.load(Ordering::SeqCst)
     }
 
     /// Every message created, in order of creation, with its current status.
@@ -415,6 +470,7 @@ fn router(shared: Arc<Shared>) -> Router {
             "/2010-04-01/Accounts/{account_sid}/Messages/{file}",
             get(fetch_message),
         )
+        .route("/emulator/faults", get(get_faults).post(set_faults))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(shared)
@@ -526,25 +582,107 @@ async fn create_message(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let fault = {
+    // The recipient names the request for the random draw, so that a seed
+    // fixes which attempt to which phone fails, whatever the arrival order.
+    let to = serde_urlencoded::from_bytes::<Vec<(String, String)>>(&body)
+        .ok()
+        .and_then(|p| first(&p, "To").map(str::to_owned))
+        .unwrap_or_default();
+    let (fault, random, unavailable) = {
         let mut st = shared.state();
         st.create_requests += 1;
-        st.faults.pop_front()
+        st.requests += 1;
+        let n = st.creates_to.entry(to.clone()).or_insert(0);
+        *n += 1;
+        let key = ["create", to.as_str(), &n.to_string()];
+        let random = st.random.plan(&key);
+        (st.faults.pop_front(), random, st.random.unavailable)
     };
     shared.bump();
     match fault {
-        Some(CreateFault::Status(status)) => fault_response(status),
+        Some(CreateFault::Status(status)) => return fault_response(status),
         Some(CreateFault::Hang(delay)) => {
             tokio::time::sleep(delay).await;
-            fault_response(503)
+            return fault_response(503);
         }
         Some(CreateFault::ResponseLost) => {
             // The request is processed in full; only the answer is lost.
             let resp = handle_create(&shared, &account_sid, &headers, &body);
             conn.kill();
+            return resp;
+        }
+        None => {}
+    }
+    if unavailable {
+        return fault_response(503);
+    }
+    tokio::time::sleep(random.latency).await;
+    let create = || handle_create(&shared, &account_sid, &headers, &body);
+    match random.fault {
+        Fault::None => create(),
+        Fault::Status(status) => fault_response(status),
+        Fault::Hang { applied } => {
+            let resp = if applied {
+                create()
+            } else {
+                fault_response(503)
+            };
+            let hang_for = shared.state().random.hang_for;
+            tokio::time::sleep(hang_for).await;
+            conn.kill();
             resp
         }
-        None => handle_create(&shared, &account_sid, &headers, &body),
+        Fault::Reset { applied } => {
+            let resp = if applied {
+                create()
+            } else {
+                fault_response(503)
+            };
+            conn.kill();
+            resp
+        }
+        Fault::ResponseLost => {
+            let resp = create();
+            conn.kill();
+            resp
+        }
+    }
+}
+
+/// An outage of the whole API (`TwilioFaults::unavailable`), counted like
+/// any request; None when the request may go on.
+fn outage(shared: &Shared) -> Option<Response> {
+    let unavailable = {
+        let mut st = shared.state();
+        st.requests += 1;
+        st.random.unavailable
+    };
+    shared.bump();
+    unavailable.then(|| fault_response(503))
+}
+
+/// `GET /emulator/faults`: the random faults in force, in the compact form.
+async fn get_faults(State(shared): State<Arc<Shared>>) -> String {
+    shared.state().random.to_string()
+}
+
+/// `POST /emulator/faults` with a compact fault string (`error_rate=0.2,...`,
+/// with or without the `twilio.` prefix) changes the named faults; an empty
+/// body turns every fault off. Not part of Twilio's API: the sandbox's own
+/// control plane, so faults can be switched from a shell.
+async fn set_faults(State(shared): State<Arc<Shared>>, body: String) -> Response {
+    let mut next = if body.trim().is_empty() {
+        TwilioFaults::default()
+    } else {
+        shared.state().random.clone()
+    };
+    match faults::parse_one(&body, "twilio", &mut |k, v| next.set(k, v)) {
+        Ok(()) => {
+            let text = next.to_string();
+            shared.state().random = next;
+            (StatusCode::OK, text).into_response()
+        }
+        Err(e) => (StatusCode::BAD_REQUEST, format!("{e:#}")).into_response(),
     }
 }
 
@@ -668,7 +806,12 @@ fn handle_create(
         (resource, sid, behaviour.steps())
     };
     shared.bump();
-    tokio::spawn(walk_statuses(shared.clone(), sid, steps));
+    let busy = Busy::new(shared);
+    let walk = walk_statuses(shared.clone(), sid, steps);
+    tokio::spawn(async move {
+        walk.await;
+        drop(busy);
+    });
     (StatusCode::CREATED, Json(resource)).into_response()
 }
 
@@ -685,6 +828,9 @@ async fn list_messages(
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Response {
+    if let Some(resp) = outage(&shared) {
+        return resp;
+    }
     if !authorized(&shared, &account_sid, &headers) {
         return unauthorized();
     }
@@ -733,6 +879,9 @@ async fn fetch_message(
     OriginalUri(uri): OriginalUri,
     headers: HeaderMap,
 ) -> Response {
+    if let Some(resp) = outage(&shared) {
+        return resp;
+    }
     if !authorized(&shared, &account_sid, &headers) {
         return unauthorized();
     }
@@ -1009,7 +1158,8 @@ async fn walk_statuses(shared: Arc<Shared>, sid: String, steps: Vec<(&'static st
     for (status, error_code) in steps {
         tokio::time::sleep(shared.status_step).await;
         let outgoing = {
-            let mut st = shared.state();
+            let mut guard = shared.state();
+            let st = &mut *guard;
             let Some(msg) = st.messages.iter_mut().find(|m| m.sms.sid == sid) else {
                 return;
             };
@@ -1019,14 +1169,54 @@ async fn walk_statuses(shared: Arc<Shared>, sid: String, steps: Vec<(&'static st
             if msg.sms.from.is_none() {
                 msg.sms.from = Some(POOL_SENDER.to_owned());
             }
-            msg.sms
-                .status_callback
-                .clone()
-                .map(|url| (url, callback_params(&shared, &msg.sms, status, error_code)))
+            match msg.sms.status_callback.clone() {
+                None => None,
+                Some(url) => {
+                    let params = callback_params(&shared, &msg.sms, status, error_code);
+                    let to = msg.sms.to.clone();
+                    let n = st
+                        .callbacks_for
+                        .entry((to.clone(), status.to_owned()))
+                        .or_insert(0);
+                    *n += 1;
+                    let copies = st.random.fanout(&["callback", &to, status, &n.to_string()]);
+                    Some((url, params, copies))
+                }
+            }
         };
         shared.bump();
-        if let Some((url, params)) = outgoing {
+        let Some((url, params, copies)) = outgoing else {
+            continue;
+        };
+        if copies.is_empty() {
+            let signature = twilio_sign(&shared.auth_token, &url, &params);
+            shared.state().dropped_callbacks.push(CallbackRecord {
+                sid: sid.clone(),
+                status: status.to_owned(),
+                error_code,
+                url,
+                http_status: None,
+                attempt: 0,
+                params,
+                signature,
+            });
+            shared.bump();
+            continue;
+        }
+        if copies == [Duration::ZERO] {
+            // The plain case: one callback, in order, before the next status.
             deliver_with_retry(&shared, &sid, status, error_code, &url, params).await;
+            continue;
+        }
+        for delay in copies {
+            let (shared, sid, url, params) =
+                (shared.clone(), sid.clone(), url.clone(), params.clone());
+            let busy = Busy::new(&shared);
+            tokio::spawn(async move {
+                let _busy = busy;
+                tokio::time::sleep(delay).await;
+                deliver_with_retry(&shared, &sid, status, error_code, &url, params).await;
+            });
         }
     }
 }
@@ -1130,125 +1320,6 @@ async fn deliver_with_retry(
         if attempt == 1 {
             tokio::time::sleep(shared.status_step).await;
         }
-    }
-}
-
-// ---------------------------------------------------------------------------
-// Connections that a handler can sever, for `CreateFault::ResponseLost`
-
-struct KillableListener(TcpListener);
-
-impl Listener for KillableListener {
-    type Io = KillableStream;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        let (io, addr) = Listener::accept(&mut self.0).await;
-        let stream = KillableStream {
-            io,
-            kill: Arc::new(AtomicBool::new(false)),
-        };
-        (stream, addr)
-    }
-
-    fn local_addr(&self) -> io::Result<Self::Addr> {
-        self.0.local_addr()
-    }
-}
-
-/// Lets a handler sever the connection its request came on.
-#[derive(Clone)]
-struct ConnKill(Arc<AtomicBool>);
-
-impl ConnKill {
-    fn kill(&self) {
-        self.0.store(true, Ordering::SeqCst);
-    }
-}
-
-impl Connected<IncomingStream<'_, KillableListener>> for ConnKill {
-    fn connect_info(stream: IncomingStream<'_, KillableListener>) -> Self {
-        ConnKill(stream.io().kill.clone())
-    }
-}
-
-/// A TCP stream that fails every read and write once killed. hyper then
-/// drops the connection before a single byte of the response is written, and
-/// the zero linger turns the close into a reset, as a dropped connection
-/// looks to a client.
-struct KillableStream {
-    io: TcpStream,
-    kill: Arc<AtomicBool>,
-}
-
-impl KillableStream {
-    fn killed(&self) -> Option<io::Error> {
-        if !self.kill.load(Ordering::SeqCst) {
-            return None;
-        }
-        if let Err(e) = self.io.set_zero_linger() {
-            tracing::debug!(error = %e, "could not set zero linger on a killed connection");
-        }
-        Some(io::Error::new(
-            io::ErrorKind::ConnectionAborted,
-            "connection dropped by CreateFault::ResponseLost",
-        ))
-    }
-}
-
-impl AsyncRead for KillableStream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        if let Some(e) = this.killed() {
-            return Poll::Ready(Err(e));
-        }
-        Pin::new(&mut this.io).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for KillableStream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        if let Some(e) = this.killed() {
-            return Poll::Ready(Err(e));
-        }
-        Pin::new(&mut this.io).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        if let Some(e) = this.killed() {
-            return Poll::Ready(Err(e));
-        }
-        Pin::new(&mut this.io).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        if let Some(e) = this.killed() {
-            return Poll::Ready(Err(e));
-        }
-        Pin::new(&mut this.io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
     }
 }
 
@@ -1988,5 +2059,233 @@ mod tests {
         assert!(is_loopback(&url("http://[::1]:8080/x")));
         assert!(!is_loopback(&url("https://example.com/x")));
         assert!(!is_loopback(&url("http://10.0.0.1/x")));
+    }
+
+    // ---- switchable random faults ----
+
+    /// A phone per index, so the seeded draws (keyed by `To`) are fixed.
+    fn phone(i: usize) -> String {
+        format!("+1555900{i:04}")
+    }
+
+    #[tokio::test]
+    async fn error_faults_answer_500_503_or_429_and_create_nothing() {
+        let emu = emulator().await;
+        emu.set_faults(TwilioFaults {
+            seed: 4,
+            error_rate: 1.0,
+            ..TwilioFaults::default()
+        });
+        let c = client();
+        let mut seen = std::collections::BTreeSet::new();
+        for i in 0..30 {
+            let to = phone(i);
+            let resp = create(&emu, &c, &[("To", &to), ("From", SENDER), ("Body", "x")])
+                .await
+                .expect("answer");
+            let status = resp.status().as_u16();
+            if status == 429 {
+                assert!(resp.headers().contains_key("retry-after"));
+            }
+            let (_, body) = json_of(resp).await;
+            assert_eq!(body["status"], status, "{body}");
+            seen.insert(status);
+        }
+        assert_eq!(seen.into_iter().collect::<Vec<_>>(), [429, 500, 503]);
+        assert!(emu.messages().is_empty());
+        assert_eq!((emu.create_requests(), emu.requests()), (30, 30));
+        emu.set_faults(TwilioFaults::default());
+        let ok = create(&emu, &c, &[("To", ALICE), ("From", SENDER), ("Body", "x")]).await;
+        assert_eq!(ok.expect("answer").status().as_u16(), 201);
+    }
+
+    #[tokio::test]
+    async fn lost_responses_create_the_message_and_drop_the_answer() {
+        let emu = emulator().await;
+        emu.set_faults(TwilioFaults {
+            response_lost_rate: 1.0,
+            ..TwilioFaults::default()
+        });
+        let c = client();
+        for i in 0..3 {
+            let to = phone(i);
+            let err = create(&emu, &c, &[("To", &to), ("From", SENDER), ("Body", "x")])
+                .await
+                .expect_err("no answer");
+            assert!(!err.is_timeout() && err.status().is_none(), "{err}");
+        }
+        assert_eq!(emu.messages().len(), 3);
+    }
+
+    #[tokio::test]
+    async fn hangs_and_resets_create_the_message_as_the_seed_decided() {
+        let emu = emulator().await;
+        let faults = TwilioFaults {
+            seed: 17,
+            hang_rate: 0.5,
+            reset_rate: 0.5,
+            hang_for: Duration::from_millis(300),
+            ..TwilioFaults::default()
+        };
+        emu.set_faults(faults.clone());
+        let c = reqwest::Client::builder()
+            .no_proxy()
+            .timeout(Duration::from_millis(100))
+            .build()
+            .expect("client");
+        let n = 16;
+        let mut expected = Vec::new();
+        let (mut hangs, mut resets) = (0, 0);
+        for i in 0..n {
+            let to = phone(i);
+            let planned = faults.plan(&["create", &to, "1"]).fault;
+            let err = create(&emu, &c, &[("To", &to), ("From", SENDER), ("Body", "x")])
+                .await
+                .expect_err("no answer");
+            match planned {
+                Fault::Hang { applied } => {
+                    hangs += 1;
+                    assert!(err.is_timeout(), "{err}");
+                    if applied {
+                        expected.push(to);
+                    }
+                }
+                Fault::Reset { applied } => {
+                    resets += 1;
+                    assert!(!err.is_timeout(), "{err}");
+                    if applied {
+                        expected.push(to);
+                    }
+                }
+                other => panic!("unexpected plan {other:?}"),
+            }
+        }
+        assert!(hangs > 0 && resets > 0);
+        let created: Vec<String> = emu.messages().into_iter().map(|m| m.to).collect();
+        assert_eq!(created, expected);
+        assert!(!created.is_empty() && created.len() < n);
+    }
+
+    #[tokio::test]
+    async fn an_outage_answers_503_to_every_api_request() {
+        let emu = emulator().await;
+        emu.set_faults(TwilioFaults {
+            unavailable: true,
+            ..TwilioFaults::default()
+        });
+        let c = client();
+        let resp = create(&emu, &c, &[("To", ALICE), ("From", SENDER), ("Body", "x")]).await;
+        assert_error(resp.expect("answer"), 503, 20503).await;
+        let listed = c
+            .get(messages_url(&emu))
+            .basic_auth(emu.account_sid(), Some(emu.auth_token()))
+            .send()
+            .await
+            .expect("answer");
+        assert_eq!(listed.status().as_u16(), 503);
+        assert_eq!(emu.requests(), 2);
+        assert!(emu.messages().is_empty());
+    }
+
+    #[tokio::test]
+    async fn callbacks_are_duplicated_reordered_or_dropped_as_drawn() {
+        let emu = emulator().await;
+        let (base, mut rx) = receiver(vec![]).await;
+        let callback = format!("{base}/status");
+        let faults = TwilioFaults {
+            seed: 9,
+            callback_duplicates: 3,
+            callback_delay: Duration::from_millis(100),
+            callback_drop_rate: 0.2,
+            ..TwilioFaults::default()
+        };
+        emu.set_faults(faults.clone());
+        let c = client();
+        let n = 12;
+        let mut wanted = 0;
+        let mut dropped = 0;
+        for i in 0..n {
+            let to = phone(i);
+            for status in ["sent", "delivered"] {
+                match faults.fanout(&["callback", &to, status, "1"]).len() {
+                    0 => dropped += 1,
+                    k => wanted += k,
+                }
+            }
+            let resp = create(
+                &emu,
+                &c,
+                &[
+                    ("To", &to),
+                    ("From", SENDER),
+                    ("Body", "x"),
+                    ("StatusCallback", &callback),
+                ],
+            )
+            .await
+            .expect("answer");
+            assert_eq!(resp.status().as_u16(), 201);
+        }
+        let mut got: HashMap<(String, String), usize> = HashMap::new();
+        let mut out_of_order = false;
+        let mut last_status: HashMap<String, String> = HashMap::new();
+        for _ in 0..wanted {
+            let r = next(&mut rx).await;
+            let to = r.get("To").unwrap_or_default().to_owned();
+            let status = r.get("MessageStatus").unwrap_or_default().to_owned();
+            if status == "sent" && last_status.get(&to).is_some_and(|s| s == "delivered") {
+                out_of_order = true;
+            }
+            last_status.insert(to.clone(), status.clone());
+            *got.entry((to, status)).or_insert(0) += 1;
+        }
+        for i in 0..n {
+            let to = phone(i);
+            for status in ["sent", "delivered"] {
+                let want = faults.fanout(&["callback", &to, status, "1"]).len();
+                let have = got
+                    .get(&(to.clone(), status.to_owned()))
+                    .copied()
+                    .unwrap_or(0);
+                assert_eq!(have, want, "{to} {status}");
+            }
+        }
+        assert!(got.values().any(|k| *k > 1), "some callback came twice");
+        assert!(out_of_order, "some delivered overtook its sent");
+        assert!(dropped > 0);
+        assert_eq!(emu.callbacks_dropped().len(), dropped);
+        assert!(emu
+            .callbacks_dropped()
+            .iter()
+            .all(|r| r.attempt == 0 && r.http_status.is_none()));
+    }
+
+    #[tokio::test]
+    async fn faults_can_be_switched_over_http() {
+        let emu = emulator().await;
+        let c = client();
+        let url = format!("{}/emulator/faults", emu.base_url());
+        let resp = c
+            .post(&url)
+            .body("twilio.response_lost_rate=0.5,callback_drop_rate=0.1")
+            .send()
+            .await
+            .expect("answer");
+        assert_eq!(resp.status().as_u16(), 200);
+        assert_eq!(
+            resp.text().await.expect("text"),
+            "seed=0,response_lost_rate=0.5,callback_drop_rate=0.1"
+        );
+        assert_eq!(emu.faults().response_lost_rate, 0.5);
+        let bad = c
+            .post(&url)
+            .body("twilio.error_rate=7")
+            .send()
+            .await
+            .expect("answer");
+        assert_eq!(bad.status().as_u16(), 400);
+        let off = c.post(&url).body("").send().await.expect("answer");
+        assert_eq!(off.status().as_u16(), 200);
+        assert!(emu.faults().is_none());
     }
 }

@@ -100,10 +100,12 @@ impl From<StoreError> for ApiError {
     }
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
+impl ApiError {
+    /// The status and the `{"error": …}` body, for answers that carry
+    /// several errors (the batch endpoint's items).
+    pub fn status_and_body(&self) -> (StatusCode, serde_json::Value) {
         let (status, code) = self.parts();
-        let message = match &self {
+        let message = match self {
             // Details of a 500 go to the log, not to the client.
             ApiError::Internal(detail) => {
                 tracing::error!(error = %detail, "internal error");
@@ -116,7 +118,7 @@ impl IntoResponse for ApiError {
             ApiError::Invalid { message, .. } => message.clone(),
             other => other.to_string(),
         };
-        let field = match &self {
+        let field = match self {
             ApiError::Invalid { field, .. } => Some(field.as_str()),
             _ => None,
         };
@@ -127,6 +129,16 @@ impl IntoResponse for ApiError {
                 field,
             },
         };
+        (
+            status,
+            serde_json::to_value(body).expect("plain data serializes"),
+        )
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, body) = self.status_and_body();
         let mut response = (status, Json(body)).into_response();
         if status == StatusCode::UNAUTHORIZED && matches!(self, ApiError::Unauthorized) {
             response.headers_mut().insert(

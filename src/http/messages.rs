@@ -228,6 +228,12 @@ fn validate(state: &AppState, req: &CreateMessage) -> Result<NewMessage, ApiErro
         if !meta.is_object() {
             return Err(ApiError::invalid("metadata", "must be a JSON object"));
         }
+        if contains_nul(meta) {
+            return Err(ApiError::invalid(
+                "metadata",
+                "must not contain NUL characters",
+            ));
+        }
         if meta.to_string().len() > MAX_METADATA_BYTES {
             return Err(ApiError::invalid(
                 "metadata",
@@ -264,6 +270,17 @@ fn validate(state: &AppState, req: &CreateMessage) -> Result<NewMessage, ApiErro
     })
 }
 
+/// PostgreSQL's jsonb cannot store NUL characters, in keys or strings.
+fn contains_nul(v: &serde_json::Value) -> bool {
+    use serde_json::Value;
+    match v {
+        Value::String(s) => s.contains('\0'),
+        Value::Array(items) => items.iter().any(contains_nul),
+        Value::Object(map) => map.iter().any(|(k, v)| k.contains('\0') || contains_nul(v)),
+        _ => false,
+    }
+}
+
 pub async fn create(
     State(state): State<AppState>,
     JsonBody(req): JsonBody<CreateMessage>,
@@ -287,13 +304,13 @@ pub async fn create(
             };
         }
     }
-    match state.store.register(&new).await? {
+    match state.store.register(&new, &state.policy).await? {
         Registered::Created(m) => {
             tracing::info!(message_id = %m.message_id, deadline = %m.deadline, "registered");
             Ok((StatusCode::CREATED, with_history(&state, m).await?))
         }
         Registered::Existing(m) => Ok((StatusCode::OK, with_history(&state, m).await?)),
-        Registered::Conflict(_) => Err(ApiError::Conflict {
+        Registered::Conflict => Err(ApiError::Conflict {
             code: "message_id_conflict",
             message: format!(
                 "message {} is already registered with different content",
@@ -419,4 +436,136 @@ fn decode_cursor(c: &str) -> Option<i64> {
         .strip_prefix("v1:")?
         .parse()
         .ok()
+}
+
+pub const MAX_BATCH: usize = 1000;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchRequest {
+    messages: Vec<Box<serde_json::value::RawValue>>,
+}
+
+#[derive(Serialize)]
+pub struct BatchItem {
+    pub index: usize,
+    pub status: u16,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<MessageResource>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<serde_json::Value>,
+}
+
+#[derive(Serialize)]
+pub struct BatchResponse {
+    pub created: usize,
+    pub existing: usize,
+    pub failed: usize,
+    pub results: Vec<BatchItem>,
+}
+
+/// `POST /v1/messages:batch`: each item is validated on its own and answered
+/// as the single endpoint would; the accepted ones are stored in one
+/// transaction.
+pub async fn create_batch(
+    State(state): State<AppState>,
+    JsonBody(req): JsonBody<BatchRequest>,
+) -> Result<Json<BatchResponse>, ApiError> {
+    if req.messages.is_empty() || req.messages.len() > MAX_BATCH {
+        return Err(ApiError::invalid(
+            "messages",
+            format!(
+                "must hold 1 to {MAX_BATCH} messages, got {}",
+                req.messages.len()
+            ),
+        ));
+    }
+    let mut results: Vec<Option<BatchItem>> = (0..req.messages.len()).map(|_| None).collect();
+    let fail = |index: usize, e: ApiError| {
+        let (status, body) = e.status_and_body();
+        Some(BatchItem {
+            index,
+            status: status.as_u16(),
+            message: None,
+            error: Some(body["error"].clone()),
+        })
+    };
+    let mut accepted = Vec::with_capacity(req.messages.len());
+    let mut positions = Vec::with_capacity(req.messages.len());
+    for (i, raw) in req.messages.iter().enumerate() {
+        let item = super::extract::parse::<CreateMessage>(raw.get().as_bytes())
+            .and_then(|item| validate(&state, &item).map(|new| (item, new)));
+        match item {
+            Err(e) => results[i] = fail(i, e),
+            Ok((item, new)) => match new.deadline {
+                // As in `create`: a past deadline is only fine for a retry.
+                Deadline::At(at) if at <= Utc::now() => {
+                    results[i] = match state.store.get(&new.message_id).await? {
+                        Some(m) if m.request_digest == new.request_digest => Some(BatchItem {
+                            index: i,
+                            status: 200,
+                            message: Some(MessageResource::new(m, None)),
+                            error: None,
+                        }),
+                        _ => fail(
+                            i,
+                            ApiError::invalid(
+                                "deadline",
+                                format!(
+                                    "{} is in the past",
+                                    item.deadline.as_deref().unwrap_or_default()
+                                ),
+                            ),
+                        ),
+                    }
+                }
+                _ => {
+                    accepted.push(new);
+                    positions.push(i);
+                }
+            },
+        }
+    }
+    let registered = state.store.register_batch(&accepted, &state.policy).await?;
+    for ((i, new), outcome) in positions.into_iter().zip(&accepted).zip(registered) {
+        results[i] = match outcome {
+            Registered::Created(m) => Some(BatchItem {
+                index: i,
+                status: 201,
+                message: Some(MessageResource::new(m, None)),
+                error: None,
+            }),
+            Registered::Existing(m) => Some(BatchItem {
+                index: i,
+                status: 200,
+                message: Some(MessageResource::new(m, None)),
+                error: None,
+            }),
+            Registered::Conflict => fail(
+                i,
+                ApiError::Conflict {
+                    code: "message_id_conflict",
+                    message: format!(
+                        "message {} is already registered with different content",
+                        new.message_id
+                    ),
+                },
+            ),
+        };
+    }
+    let results: Vec<BatchItem> = results.into_iter().flatten().collect();
+    let count = |s: u16| results.iter().filter(|r| r.status == s).count();
+    let (created, existing) = (count(201), count(200));
+    tracing::info!(
+        created,
+        existing,
+        failed = results.len() - created - existing,
+        "batch registered"
+    );
+    Ok(Json(BatchResponse {
+        created,
+        existing,
+        failed: results.len() - created - existing,
+        results,
+    }))
 }

@@ -35,10 +35,19 @@ pub struct AppState {
 
 pub fn router(state: AppState) -> Router {
     let limit = state.settings.server.body_limit_bytes;
+    // A full batch is up to a thousand registrations.
+    let batch_limit = limit.saturating_mul(messages::MAX_BATCH / 10).max(limit);
     let timeout = state.settings.server.request_timeout;
 
     let api = Router::new()
         .route("/v1/messages", post(messages::create).get(messages::list))
+        .merge(
+            Router::new()
+                .route("/v1/messages:batch", post(messages::create_batch))
+                // Inner layers run last, so these override the global limit.
+                .layer(DefaultBodyLimit::max(batch_limit))
+                .layer(axum::Extension(BodyLimit(batch_limit))),
+        )
         .route(
             "/v1/messages/{message_id}",
             get(messages::get).delete(messages::cancel),

@@ -7,6 +7,7 @@ use axum::http::{HeaderMap, StatusCode, Uri};
 
 use super::error::ApiError;
 use super::extract::RawBody;
+use super::messages::validate_message_id;
 use super::AppState;
 use crate::domain::{Input, SmsStatus};
 use crate::signature::twilio_verify;
@@ -20,10 +21,18 @@ pub async fn status(
 ) -> Result<StatusCode, ApiError> {
     let params: Vec<(String, String)> = serde_urlencoded::from_bytes(&body)
         .map_err(|e| ApiError::InvalidBody(format!("not a form-encoded body: {e}")))?;
-    let signature = headers
-        .get("x-twilio-signature")
-        .and_then(|v| v.to_str().ok())
-        .ok_or(ApiError::Forbidden("X-Twilio-Signature header missing"))?;
+    // One signature, no more: a second header could only be an attempt to
+    // slip a different value past a check that reads the first.
+    let mut signatures = headers.get_all("x-twilio-signature").iter();
+    let signature = match (signatures.next(), signatures.next()) {
+        (Some(only), None) => only.to_str().unwrap_or_default(),
+        (None, _) => return Err(ApiError::Forbidden("X-Twilio-Signature header missing")),
+        (Some(_), Some(_)) => {
+            return Err(ApiError::Forbidden(
+                "more than one X-Twilio-Signature header",
+            ))
+        }
+    };
     let path_and_query = uri.path_and_query().map_or("/", |pq| pq.as_str());
     let url = format!("{}{}", state.settings.server.public_url, path_and_query);
     if !twilio_verify(
@@ -57,14 +66,22 @@ pub async fn status(
         tracing::warn!("Twilio callback without message_id, MessageSid or MessageStatus");
         return Ok(StatusCode::OK);
     };
+    // Signed, so from Twilio; but only what our own messages and Twilio's
+    // sids can look like may reach the database (which cannot store NUL
+    // characters, nor index values of any length).
+    if validate_message_id(&message_id).is_err() || !plausible_sid(sid) {
+        tracing::warn!("Twilio callback naming no message or SMS of ours");
+        return Ok(StatusCode::OK);
+    }
     let Some(status) = SmsStatus::parse(status_text) else {
-        tracing::info!(status = status_text, "ignoring an unknown Twilio status");
+        let shown: String = status_text.chars().take(32).collect();
+        tracing::info!(status = %shown.escape_debug(), "ignoring an unknown Twilio status");
         return Ok(StatusCode::OK);
     };
     let detail = serde_json::json!({
         "sid": sid,
         "status": status_text,
-        "error_code": param("ErrorCode"),
+        "error_code": param("ErrorCode").filter(|c| plausible_sid(c)),
     });
     let input = Input::SmsStatus {
         sid: sid.to_owned(),
@@ -81,4 +98,9 @@ pub async fn status(
         None => tracing::warn!(%message_id, sid, "Twilio status for an unknown message"),
     }
     Ok(StatusCode::OK)
+}
+
+/// Twilio's sids (`SM…`, `MM…`) and error codes are short and alphanumeric.
+fn plausible_sid(s: &str) -> bool {
+    (1..=64).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_alphanumeric())
 }

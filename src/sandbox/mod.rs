@@ -5,11 +5,18 @@
 //! The service runs on a runtime of its own, so that a test can kill it at
 //! any instant, as a crash would: every task stops where it is, and only
 //! what PostgreSQL committed survives.
+//!
+//! [`Rig`] is the part without the service: the emulators and the settings
+//! that point a service at them. [`Sandbox`] runs one service in this
+//! process on top of it; [`ServiceProcess`] runs one as a child OS process
+//! (`rbm-fallback serve`), for SIGKILL and for several replicas.
 
 mod demo;
+mod process;
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -20,6 +27,8 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Settings;
 use crate::emulator::google::{GoogleEmulator, GoogleEmulatorConfig, PhoneBehaviour};
 use crate::emulator::twilio::{TwilioEmulator, TwilioEmulatorConfig};
+
+pub use process::{free_port, ServiceProcess};
 
 pub const SANDBOX_FROM: &str = "+15005550006";
 const DEFAULT_DATABASE: &str = "postgres://postgres@127.0.0.1:5432/rbm_fallback_sandbox";
@@ -38,6 +47,12 @@ pub struct SandboxConfig {
     pub default_phone: PhoneBehaviour,
     /// Further settings, by environment name (e.g. RBMF__WORKER__LEASE_MS).
     pub env: Vec<(String, String)>,
+    /// How often the Google emulator tries one webhook, and its longest
+    /// pause between tries.
+    pub webhook_max_attempts: u32,
+    pub webhook_retry_cap: Duration,
+    /// Seeds the emulators' deterministic parts.
+    pub seed: u64,
 }
 
 impl SandboxConfig {
@@ -48,8 +63,152 @@ impl SandboxConfig {
             confirm_window: Duration::from_millis(1500),
             default_phone: PhoneBehaviour::Offline,
             env: Vec::new(),
+            webhook_max_attempts: GoogleEmulatorConfig::default().webhook_max_attempts,
+            webhook_retry_cap: GoogleEmulatorConfig::default().webhook_retry_cap,
+            seed: 0,
         }
     }
+}
+
+/// The emulators, a service-account key file for the Google one, and the
+/// settings that wire a service to them. Every service started from one rig
+/// (in this process or as child processes) shares the emulators, the API
+/// token and the database.
+pub struct Rig {
+    pub google: GoogleEmulator,
+    pub twilio: TwilioEmulator,
+    pub api_token: String,
+    pub database_url: String,
+    client_token: String,
+    key_dir: PathBuf,
+    key_path: PathBuf,
+    confirm_window: Duration,
+    env: Vec<(String, String)>,
+}
+
+impl Rig {
+    pub async fn start(cfg: &SandboxConfig) -> anyhow::Result<Rig> {
+        let client_token = random_hex(12);
+        let google = GoogleEmulator::start(GoogleEmulatorConfig {
+            client_token: client_token.clone(),
+            default_phone: cfg.default_phone.clone(),
+            webhook_max_attempts: cfg.webhook_max_attempts,
+            webhook_retry_cap: cfg.webhook_retry_cap,
+            seed: cfg.seed,
+            ..GoogleEmulatorConfig::default()
+        })
+        .await
+        .context("starting the Google emulator")?;
+        let twilio = TwilioEmulator::start(TwilioEmulatorConfig::default())
+            .await
+            .context("starting the Twilio emulator")?;
+
+        let key_dir = std::env::temp_dir().join(format!("rbm-fallback-sandbox-{}", random_hex(6)));
+        std::fs::create_dir_all(&key_dir)?;
+        let key_path = key_dir.join("service-account.json");
+        std::fs::write(&key_path, google.service_account_key_json())?;
+        Ok(Rig {
+            google,
+            twilio,
+            api_token: format!("sandbox-{}", random_hex(16)),
+            database_url: cfg.database_url.clone(),
+            client_token,
+            key_dir,
+            key_path,
+            confirm_window: cfg.confirm_window,
+            env: cfg.env.clone(),
+        })
+    }
+
+    /// The settings of one service instance, by their environment names:
+    /// listening on `listen`, reachable by Twilio at `public_url`.
+    pub fn service_env(&self, listen: SocketAddr, public_url: &str) -> Vec<(String, String)> {
+        let mut env: Vec<(String, String)> = [
+            ("RBMF_LISTEN", listen.to_string()),
+            ("RBMF_PUBLIC_URL", public_url.to_owned()),
+            ("RBMF_API_TOKEN", self.api_token.clone()),
+            ("DATABASE_URL", self.database_url.clone()),
+            ("RBMF_RBM_AGENT_ID", self.google.agent_id().to_owned()),
+            ("RBMF_RBM_CLIENT_TOKEN", self.client_token.clone()),
+            ("RBMF_RBM_BASE_URL", self.google.base_url()),
+            (
+                "RBMF_RBM_SERVICE_ACCOUNT_KEY",
+                self.key_path.display().to_string(),
+            ),
+            ("RBMF_TWILIO_BASE_URL", self.twilio.base_url()),
+            (
+                "RBMF_TWILIO_ACCOUNT_SID",
+                self.twilio.account_sid().to_owned(),
+            ),
+            (
+                "RBMF_TWILIO_AUTH_TOKEN",
+                self.twilio.auth_token().to_owned(),
+            ),
+            ("RBMF_TWILIO_FROM", SANDBOX_FROM.to_owned()),
+            (
+                "RBMF_CONFIRM_WINDOW_MS",
+                self.confirm_window.as_millis().to_string(),
+            ),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+        // Later entries win, as they would in a shell.
+        env.extend(self.env.iter().cloned());
+        env
+    }
+
+    /// The same settings, loaded and validated as the service would.
+    pub fn settings(&self, listen: SocketAddr, public_url: &str) -> anyhow::Result<Settings> {
+        let env: HashMap<String, String> =
+            self.service_env(listen, public_url).into_iter().collect();
+        Ok(Settings::load_with(None, &|name| env.get(name).cloned())?)
+    }
+
+    /// Starts `exe serve` (the rbm-fallback binary) as a child process on
+    /// 127.0.0.1:`port` (0: a free port), wired to this rig. Its log goes to
+    /// a file in the rig's temporary directory. It is not yet ready when
+    /// this returns: see [`ServiceProcess::wait_ready`].
+    pub fn spawn_process(&self, exe: &Path, port: u16) -> anyhow::Result<ServiceProcess> {
+        let port = if port == 0 { free_port()? } else { port };
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let url = format!("http://{addr}");
+        // Refuse settings the service would refuse, here, with the reason.
+        self.settings(addr, &url)?;
+        let log = self.key_dir.join(format!("service-{port}.log"));
+        ServiceProcess::spawn(exe, self.service_env(addr, &url), addr, log)
+    }
+
+    /// A client for the internal API, with the bearer token set.
+    pub fn api(&self) -> reqwest::Client {
+        api_client(&self.api_token)
+    }
+
+    /// The rig's temporary directory (key file, child process logs).
+    pub fn dir(&self) -> &Path {
+        &self.key_dir
+    }
+}
+
+impl Drop for Rig {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.key_dir);
+    }
+}
+
+fn api_client(token: &str) -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    let bearer = format!("Bearer {token}");
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        bearer.parse().expect("token is ASCII"),
+    );
+    reqwest::Client::builder()
+        .default_headers(headers)
+        .no_proxy()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("static client configuration")
 }
 
 pub struct Sandbox {
@@ -60,7 +219,7 @@ pub struct Sandbox {
     pub api_token: String,
     pub settings: Settings,
     service: Option<Service>,
-    key_dir: PathBuf,
+    rig: Rig,
 }
 
 struct Service {
@@ -78,68 +237,30 @@ fn random_hex(bytes: usize) -> String {
 
 impl Sandbox {
     pub async fn start(cfg: SandboxConfig) -> anyhow::Result<Sandbox> {
-        let client_token = random_hex(12);
-        let google = GoogleEmulator::start(GoogleEmulatorConfig {
-            client_token: client_token.clone(),
-            default_phone: cfg.default_phone.clone(),
-            ..GoogleEmulatorConfig::default()
-        })
-        .await
-        .context("starting the Google emulator")?;
-        let twilio = TwilioEmulator::start(TwilioEmulatorConfig::default())
-            .await
-            .context("starting the Twilio emulator")?;
-
-        let key_dir = std::env::temp_dir().join(format!("rbm-fallback-sandbox-{}", random_hex(6)));
-        std::fs::create_dir_all(&key_dir)?;
-        let key_path = key_dir.join("service-account.json");
-        std::fs::write(&key_path, google.service_account_key_json())?;
-
+        let rig = Rig::start(&cfg).await?;
         let listener = std::net::TcpListener::bind(("127.0.0.1", cfg.port))
             .with_context(|| format!("cannot listen on 127.0.0.1:{}", cfg.port))?;
         let addr = listener.local_addr()?;
         let url = format!("http://{addr}");
-        let api_token = format!("sandbox-{}", random_hex(16));
-
-        let mut env: HashMap<String, String> = [
-            ("RBMF_LISTEN", addr.to_string()),
-            ("RBMF_PUBLIC_URL", url.clone()),
-            ("RBMF_API_TOKEN", api_token.clone()),
-            ("DATABASE_URL", cfg.database_url.clone()),
-            ("RBMF_RBM_AGENT_ID", google.agent_id().to_owned()),
-            ("RBMF_RBM_CLIENT_TOKEN", client_token),
-            ("RBMF_RBM_BASE_URL", google.base_url()),
-            (
-                "RBMF_RBM_SERVICE_ACCOUNT_KEY",
-                key_path.display().to_string(),
-            ),
-            ("RBMF_TWILIO_BASE_URL", twilio.base_url()),
-            ("RBMF_TWILIO_ACCOUNT_SID", twilio.account_sid().to_owned()),
-            ("RBMF_TWILIO_AUTH_TOKEN", twilio.auth_token().to_owned()),
-            ("RBMF_TWILIO_FROM", SANDBOX_FROM.to_owned()),
-            (
-                "RBMF_CONFIRM_WINDOW_MS",
-                cfg.confirm_window.as_millis().to_string(),
-            ),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v))
-        .collect();
-        env.extend(cfg.env);
-        let settings = Settings::load_with(None, &|name| env.get(name).cloned())?;
-        google.set_webhook_url(&format!("{url}/webhooks/rbm"));
+        let settings = rig.settings(addr, &url)?;
+        rig.google.set_webhook_url(&format!("{url}/webhooks/rbm"));
 
         let mut sandbox = Sandbox {
-            google,
-            twilio,
+            google: rig.google.clone(),
+            twilio: rig.twilio.clone(),
             url,
-            api_token,
+            api_token: rig.api_token.clone(),
             settings,
             service: None,
-            key_dir,
+            rig,
         };
         sandbox.service = Some(spawn_service(sandbox.settings.clone(), listener));
         Ok(sandbox)
+    }
+
+    /// The emulators and settings under this sandbox.
+    pub fn rig(&self) -> &Rig {
+        &self.rig
     }
 
     /// Kills the service at once, as a crash would.
@@ -176,25 +297,14 @@ impl Sandbox {
 
     /// A client for the internal API, with the bearer token set.
     pub fn api(&self) -> reqwest::Client {
-        let mut headers = reqwest::header::HeaderMap::new();
-        let bearer = format!("Bearer {}", self.api_token);
-        headers.insert(
-            reqwest::header::AUTHORIZATION,
-            bearer.parse().expect("token is ASCII"),
-        );
-        reqwest::Client::builder()
-            .default_headers(headers)
-            .no_proxy()
-            .timeout(Duration::from_secs(30))
-            .build()
-            .expect("static client configuration")
+        api_client(&self.api_token)
     }
 }
 
 impl Drop for Sandbox {
     fn drop(&mut self) {
+        // The rig (and its key file) goes after the service has stopped.
         self.crash();
-        let _ = std::fs::remove_dir_all(&self.key_dir);
     }
 }
 
@@ -259,6 +369,26 @@ pub async fn ensure_database(url: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Drops the database named in `url` (if it exists), disconnecting whoever
+/// is still connected to it.
+pub async fn drop_database(url: &str) -> anyhow::Result<()> {
+    let parsed = reqwest::Url::parse(url).context("DATABASE_URL is not a URL")?;
+    let name = parsed.path().trim_start_matches('/').to_owned();
+    anyhow::ensure!(
+        !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'),
+        "database name {name:?} must be letters, digits and underscores"
+    );
+    let mut admin = parsed.clone();
+    admin.set_path("/postgres");
+    let mut conn = PgConnection::connect(admin.as_str())
+        .await
+        .with_context(|| format!("cannot reach PostgreSQL at {}", redact(&admin)))?;
+    sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+        .execute(&mut conn)
+        .await?;
+    Ok(())
+}
+
 fn redact(url: &reqwest::Url) -> String {
     let mut shown = url.clone();
     if shown.password().is_some() {
@@ -310,6 +440,12 @@ The phone is too slow, so the service revokes it and falls back to SMS.
     -H 'Content-Type: application/json' \
     -d '{{"phone":"+15550100001","message_id":"{id}","revoke_after_secs":2,"sms":{{"body":"Your code is 123456"}}}}'
   sleep 5; curl -s {url}/v1/messages/{id} -H 'Authorization: Bearer {token}'
+
+Faults can be switched on and off while it runs (see RELIABILITY.md):
+
+  curl -s {google}/emulator/faults -d 'error_rate=0.2,hang_rate=0.05,webhook_duplicates=3'
+  curl -s {twilio}/emulator/faults -d 'response_lost_rate=0.3'
+  curl -s {google}/emulator/faults -d ''     # all Google faults off
 
 Ctrl-C stops it.
 "#,

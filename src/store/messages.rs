@@ -2,7 +2,11 @@
 
 use chrono::{DateTime, Utc};
 
+use sqlx::PgConnection;
+
+use super::transitions::Caller;
 use super::{EventRow, MessageRow, Store, StoreError};
+use crate::domain::{Input, Policy};
 
 #[derive(Clone, Debug)]
 pub enum Deadline {
@@ -30,7 +34,7 @@ pub enum Registered {
     /// The same request was registered before.
     Existing(MessageRow),
     /// The message id is taken by a different request.
-    Conflict(MessageRow),
+    Conflict,
 }
 
 pub struct ListPage {
@@ -40,7 +44,11 @@ pub struct ListPage {
 }
 
 impl Store {
-    pub async fn register(&self, new: &NewMessage) -> Result<Registered, StoreError> {
+    pub async fn register(
+        &self,
+        new: &NewMessage,
+        policy: &Policy,
+    ) -> Result<Registered, StoreError> {
         let (at, after_secs) = match &new.deadline {
             Deadline::At(at) => (Some(*at), None),
             Deadline::After(secs) => (None, Some(*secs)),
@@ -80,7 +88,7 @@ impl Store {
             return Ok(if existing.request_digest == new.request_digest {
                 Registered::Existing(existing)
             } else {
-                Registered::Conflict(existing)
+                Registered::Conflict
             });
         };
         let detail = serde_json::json!({ "deadline": row.deadline });
@@ -88,9 +96,184 @@ impl Store {
             .await?;
         let due_in = (row.deadline - Utc::now()).to_std().unwrap_or_default();
         self.announce(&mut tx, Some(due_in)).await?;
+        let row = self
+            .apply_early_events(&mut tx, vec![row], policy)
+            .await?
+            .pop()
+            .expect("one row in, one out");
         tx.commit().await?;
         self.poke(Some(due_in));
         Ok(Registered::Created(row))
+    }
+
+    /// Registers many messages in one transaction: one round trip for the
+    /// rows, one for their first history event. Results are in input order.
+    pub async fn register_batch(
+        &self,
+        batch: &[NewMessage],
+        policy: &Policy,
+    ) -> Result<Vec<Registered>, StoreError> {
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut ids = Vec::with_capacity(batch.len());
+        let mut agents = Vec::with_capacity(batch.len());
+        let mut phones = Vec::with_capacity(batch.len());
+        let mut at = Vec::with_capacity(batch.len());
+        let mut after = Vec::with_capacity(batch.len());
+        let mut bodies = Vec::with_capacity(batch.len());
+        let mut froms = Vec::with_capacity(batch.len());
+        let mut metas = Vec::with_capacity(batch.len());
+        let mut digests = Vec::with_capacity(batch.len());
+        for m in batch {
+            ids.push(m.message_id.clone());
+            agents.push(m.agent_id.clone());
+            phones.push(m.phone.clone());
+            let (a, s) = match &m.deadline {
+                Deadline::At(a) => (Some(*a), None),
+                Deadline::After(secs) => (None, Some(*secs)),
+            };
+            at.push(a);
+            after.push(s);
+            bodies.push(m.sms_body.clone());
+            froms.push(m.sms_from.clone());
+            metas.push(m.metadata.as_ref().map(|v| v.to_string()));
+            digests.push(m.request_digest.clone());
+        }
+        let mut tx = self.pool.begin().await?;
+        let created = sqlx::query_as!(
+            MessageRow,
+            r#"WITH input AS (
+                   SELECT t.*, COALESCE(t.at, now() + t.after_secs * interval '1 second') AS d
+                   FROM UNNEST($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::bigint[],
+                               $6::text[], $7::text[], $8::text[], $9::bytea[])
+                        AS t(message_id, agent_id, phone, at, after_secs, sms_body, sms_from, metadata, digest)
+               ), ins AS (
+                   INSERT INTO messages (message_id, agent_id, phone, deadline, sms_body, sms_from,
+                                         metadata, request_digest, state, outcome, due_at)
+                   SELECT message_id, agent_id, phone, d, sms_body, sms_from, metadata::jsonb, digest,
+                          'pending', 'none', d
+                   FROM input
+                   ON CONFLICT (message_id) DO NOTHING
+                   RETURNING *
+               ), events AS (
+                   INSERT INTO message_events (message_id, kind, state_before, state_after, detail)
+                   SELECT id, 'registered', NULL, 'pending', jsonb_build_object('deadline', deadline)
+                   FROM ins
+               )
+               SELECT * FROM ins"#,
+            &ids,
+            &agents,
+            &phones,
+            &at as &[Option<DateTime<Utc>>],
+            &after as &[Option<i64>],
+            &bodies,
+            &froms as &[Option<String>],
+            &metas as &[Option<String>],
+            &digests,
+        )
+        .fetch_all(&mut *tx)
+        .await?;
+        let created = self.apply_early_events(&mut tx, created, policy).await?;
+        let soonest = created.iter().map(|m| m.deadline).min();
+        let due_in = soonest.map(|d| (d - Utc::now()).to_std().unwrap_or_default());
+        self.announce(&mut tx, due_in).await?;
+        tx.commit().await?;
+        self.poke(due_in);
+
+        let mut by_id: std::collections::HashMap<String, MessageRow> = created
+            .into_iter()
+            .map(|m| (m.message_id.clone(), m))
+            .collect();
+        let missing: Vec<String> = ids
+            .iter()
+            .filter(|id| !by_id.contains_key(*id))
+            .cloned()
+            .collect();
+        let mut existing: std::collections::HashMap<String, MessageRow> = if missing.is_empty() {
+            Default::default()
+        } else {
+            sqlx::query_as!(
+                MessageRow,
+                "SELECT * FROM messages WHERE message_id = ANY($1)",
+                &missing
+            )
+            .fetch_all(&self.pool)
+            .await?
+            .into_iter()
+            .map(|m| (m.message_id.clone(), m))
+            .collect()
+        };
+        Ok(batch
+            .iter()
+            .map(|m| {
+                // A second item with the same id in one batch sees the first.
+                if let Some(row) = by_id.remove(&m.message_id) {
+                    existing.insert(m.message_id.clone(), row.clone());
+                    return Registered::Created(row);
+                }
+                match existing.get(&m.message_id) {
+                    Some(row) if row.request_digest == m.request_digest => {
+                        Registered::Existing(row.clone())
+                    }
+                    // Taken by different content (or, at worst, pruned in between).
+                    _ => Registered::Conflict,
+                }
+            })
+            .collect())
+    }
+
+    /// Google may report on a message before the agent registers it (a phone
+    /// that was online at once): those events were recorded then, and apply
+    /// now, in the registration's transaction, as if they had come after it.
+    async fn apply_early_events(
+        &self,
+        conn: &mut PgConnection,
+        rows: Vec<MessageRow>,
+        policy: &Policy,
+    ) -> Result<Vec<MessageRow>, StoreError> {
+        let (Some(first), ids) = (
+            rows.first(),
+            rows.iter()
+                .map(|r| r.message_id.clone())
+                .collect::<Vec<_>>(),
+        ) else {
+            return Ok(rows);
+        };
+        // One agent per deployment today; each row is checked below anyway.
+        let agent = first.agent_id.clone();
+        let early = sqlx::query!(
+            "SELECT message_id AS \"message_id!\", event_type, payload FROM rbm_events
+             WHERE agent_id = $1 AND message_id = ANY($2)
+             ORDER BY received_at",
+            agent,
+            &ids
+        )
+        .fetch_all(&mut *conn)
+        .await?;
+        if early.is_empty() {
+            return Ok(rows);
+        }
+        let mut out = Vec::with_capacity(rows.len());
+        for mut row in rows {
+            let (id, ours) = (row.message_id.clone(), row.agent_id == agent);
+            for event in early.iter().filter(|e| ours && e.message_id == id) {
+                let Some(input) = Input::from_rbm_event(&event.event_type) else {
+                    continue;
+                };
+                let detail = serde_json::json!({
+                    "event_id": event.payload.get("eventId"),
+                    "send_time": event.payload.get("sendTime"),
+                    "note": "reported before the message was registered",
+                });
+                let (applied, _) = self
+                    .apply_locked(conn, row, Caller::Outside, &input, detail, policy)
+                    .await?;
+                row = applied.message;
+            }
+            out.push(row);
+        }
+        Ok(out)
     }
 
     pub async fn get(&self, message_id: &str) -> Result<Option<MessageRow>, StoreError> {

@@ -6,6 +6,7 @@
 mod claims;
 mod messages;
 mod rbm_events;
+mod retention;
 mod transitions;
 
 use std::sync::Arc;
@@ -23,6 +24,7 @@ use crate::domain::{Facts, SmsStatus, State};
 pub use claims::Claimed;
 pub use messages::{Deadline, ListPage, NewMessage, Registered};
 pub use rbm_events::{Ingested, RbmEvent};
+pub use retention::Pruned;
 pub use transitions::{Applied, Caller};
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -185,6 +187,7 @@ pub struct MessageRow {
     pub sms_status: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    pub rcs_inferred: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -210,6 +213,7 @@ impl MessageRow {
         Ok(Facts {
             state: self.state()?,
             rcs_delivered: self.rcs_delivered,
+            rcs_inferred: self.rcs_inferred,
             in_flight: match caller {
                 Caller::Outside => self.lease_token.is_some(),
                 Caller::Worker(token) => self.lease_token == Some(token),

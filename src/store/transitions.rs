@@ -173,7 +173,8 @@ pub(super) async fn write_step(
                    ELSE lease_token END,
                attempts = (CASE WHEN $12 THEN 0 ELSE attempts END)
                           + (CASE WHEN $10::text = 'take' THEN 1 ELSE 0 END),
-               updated_at = now()
+               updated_at = now(),
+               rcs_inferred = $13
            WHERE id = $1
            RETURNING *"#,
         row.id,
@@ -188,6 +189,7 @@ pub(super) async fn write_step(
         lease_mode,
         new_token,
         state_changed,
+        step.rcs_inferred,
     )
     .fetch_one(&mut *conn)
     .await?;

@@ -6,8 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::{ConnectInfo, Path, Query, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
@@ -15,7 +16,9 @@ use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
 use tokio::time::Instant;
 
-use super::{is_e164, oauth, Expiry, Inner, RevokeRecord};
+use super::{is_e164, oauth, Expiry, GoogleFaults, Inner, RevokeRecord};
+use crate::emulator::conn::ConnKill;
+use crate::emulator::faults::{self, Fault, Plan};
 
 type Params = Query<HashMap<String, String>>;
 
@@ -29,10 +32,112 @@ pub(super) fn router(inner: Arc<Inner>) -> Router {
         )
         .route("/v1/phones/{phone}/capabilities", get(capabilities))
         .route("/emulator/agent-send", post(control_send))
+        .route("/emulator/faults", get(get_faults).post(set_faults))
         .fallback(|| async {
             google_error(StatusCode::NOT_FOUND, "Requested entity was not found.")
         })
+        .layer(middleware::from_fn_with_state(inner.clone(), outage))
         .with_state(inner)
+}
+
+/// Counts every request to Google's own endpoints, and answers them all 503
+/// while `GoogleFaults::unavailable` is on. The emulator's control plane
+/// (`/emulator/...`) is neither counted nor affected.
+async fn outage(State(inner): State<Arc<Inner>>, req: Request, next: Next) -> Response {
+    if req.uri().path().starts_with("/emulator/") {
+        return next.run(req).await;
+    }
+    let unavailable = {
+        let mut st = inner.st();
+        st.requests += 1;
+        st.faults.unavailable
+    };
+    if unavailable {
+        return google_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "The service is currently unavailable.",
+        );
+    }
+    next.run(req).await
+}
+
+/// Carries out `act` under `plan`: after the added latency, either as
+/// usual, or replaced by an error answer, or with the answer lost (a hang or
+/// a reset, with `act` done first or not at all). Returns the response, the
+/// status `act` gave (0 when it was not carried out) and whether the answer
+/// was lost.
+async fn under(
+    inner: &Inner,
+    conn: &ConnKill,
+    plan: Plan,
+    act: impl FnOnce() -> Response,
+) -> (Response, u16, bool) {
+    tokio::time::sleep(plan.latency).await;
+    let done = |resp: Response| {
+        let status = resp.status().as_u16();
+        (resp, status)
+    };
+    match plan.fault {
+        Fault::None => {
+            let (resp, status) = done(act());
+            (resp, status, false)
+        }
+        Fault::Status(code) => {
+            let resp = error_answer(code);
+            let status = resp.status().as_u16();
+            (resp, status, false)
+        }
+        Fault::Hang { applied } | Fault::Reset { applied } => {
+            let (resp, status) = if applied {
+                done(act())
+            } else {
+                (error_answer(503), 0)
+            };
+            if matches!(plan.fault, Fault::Hang { .. }) {
+                let hang_for = inner.st().faults.hang_for;
+                tokio::time::sleep(hang_for).await;
+            }
+            conn.kill();
+            (resp, status, true)
+        }
+        Fault::ResponseLost => {
+            let (resp, status) = done(act());
+            conn.kill();
+            (resp, status, true)
+        }
+    }
+}
+
+/// The fault plan for one call other than a DELETE.
+fn plan_other(inner: &Inner, what: &str, phone: &str) -> Plan {
+    let mut st = inner.st();
+    st.other_calls += 1;
+    let n = st.other_calls.to_string();
+    st.faults.plan(&[what, phone, &n])
+}
+
+/// `GET /emulator/faults`: the faults in force, in the compact form.
+async fn get_faults(State(inner): State<Arc<Inner>>) -> String {
+    inner.st().faults.to_string()
+}
+
+/// `POST /emulator/faults` with a compact fault string (`error_rate=0.2,...`,
+/// with or without the `google.` prefix) changes the named faults; an empty
+/// body turns every fault off.
+async fn set_faults(State(inner): State<Arc<Inner>>, body: String) -> Response {
+    let mut next = if body.trim().is_empty() {
+        GoogleFaults::default()
+    } else {
+        inner.st().faults.clone()
+    };
+    match faults::parse_one(&body, "google", &mut |k, v| next.set(k, v)) {
+        Ok(()) => {
+            let text = next.to_string();
+            inner.st().faults = next;
+            (StatusCode::OK, text).into_response()
+        }
+        Err(e) => (StatusCode::BAD_REQUEST, format!("{e:#}")).into_response(),
+    }
 }
 
 /// Google's JSON error body; the status name follows google.rpc.Code.
@@ -110,6 +215,7 @@ fn authorize(
 
 async fn revoke(
     State(inner): State<Arc<Inner>>,
+    ConnectInfo(conn): ConnectInfo<ConnKill>,
     Path((phone, message_id)): Path<(String, String)>,
     Query(params): Params,
     headers: HeaderMap,
@@ -119,18 +225,39 @@ async fn revoke(
     let mut hold = inner.revoke_hold.subscribe();
     // An error means the emulator is gone; nothing left to wait for.
     let _ = hold.wait_for(|held| !*held).await;
-    let resp = match authorize(&inner, &headers, &params, &phone) {
-        Err(rejection) => rejection.into_response(),
-        Ok(()) => revoke_answer(inner.revoke(&phone, &message_id)),
+    let plan = {
+        let mut st = inner.st();
+        let n = st.deletes_for.entry(message_id.clone()).or_insert(0);
+        *n += 1;
+        let n = n.to_string();
+        st.faults.plan(&["DELETE", &phone, &message_id, &n])
     };
-    inner.record_revoke(RevokeRecord {
-        phone,
-        message_id,
-        agent_id: params.get("agentId").cloned().unwrap_or_default(),
-        received_at,
-        status: resp.status().as_u16(),
+    // In a task of its own, so that a client giving up on a hung request
+    // (which drops this handler) cannot keep the DELETE from being recorded.
+    let task = tokio::spawn(async move {
+        let act = || match authorize(&inner, &headers, &params, &phone) {
+            Err(rejection) => rejection.into_response(),
+            Ok(()) => revoke_answer(inner.revoke(&phone, &message_id)),
+        };
+        let (resp, status, answer_lost) = under(&inner, &conn, plan, act).await;
+        inner.record_revoke(RevokeRecord {
+            phone,
+            message_id,
+            agent_id: params.get("agentId").cloned().unwrap_or_default(),
+            received_at,
+            status,
+            answered_at: Utc::now(),
+            answer_lost,
+        });
+        resp
     });
-    resp
+    task.await
+        .unwrap_or_else(|_| google_error(StatusCode::INTERNAL_SERVER_ERROR, "emulator task failed"))
+}
+
+/// An injected error: Google's error body; 429 with `Retry-After`.
+fn error_answer(status: u16) -> Response {
+    revoke_answer(status)
 }
 
 fn revoke_answer(status: u16) -> Response {
@@ -153,12 +280,25 @@ fn revoke_answer(status: u16) -> Response {
 
 async fn send(
     State(inner): State<Arc<Inner>>,
+    ConnectInfo(conn): ConnectInfo<ConnKill>,
     Path(phone): Path<String>,
     Query(params): Params,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if let Err(rejection) = authorize(&inner, &headers, &params, &phone) {
+    let plan = plan_other(&inner, "send", &phone);
+    let act = || send_now(&inner, &phone, &params, &headers, &body);
+    under(&inner, &conn, plan, act).await.0
+}
+
+fn send_now(
+    inner: &Arc<Inner>,
+    phone: &str,
+    params: &HashMap<String, String>,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Response {
+    if let Err(rejection) = authorize(inner, headers, params, phone) {
         return rejection.into_response();
     }
     let message_id = match params.get("messageId") {
@@ -166,12 +306,12 @@ async fn send(
         Some(_) => return bad_request("messageId must be a UUID."),
         None => return bad_request("Missing required parameter: messageId."),
     };
-    let req = match parse_send_body(&body) {
+    let req = match parse_send_body(body) {
         Ok(req) => req,
         Err(msg) => return bad_request(&msg),
     };
     let resource = inner.send_message(
-        &phone,
+        phone,
         &message_id,
         req.content,
         req.traffic_type,
@@ -250,11 +390,23 @@ fn parse_duration(s: &str) -> Option<Duration> {
 
 async fn capabilities(
     State(inner): State<Arc<Inner>>,
+    ConnectInfo(conn): ConnectInfo<ConnKill>,
     Path(phone): Path<String>,
     Query(params): Params,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(rejection) = authorize(&inner, &headers, &params, &phone) {
+    let plan = plan_other(&inner, "capabilities", &phone);
+    let act = || capabilities_now(&inner, &phone, &params, &headers);
+    under(&inner, &conn, plan, act).await.0
+}
+
+fn capabilities_now(
+    inner: &Inner,
+    phone: &str,
+    params: &HashMap<String, String>,
+    headers: &HeaderMap,
+) -> Response {
+    if let Err(rejection) = authorize(inner, headers, params, phone) {
         return rejection.into_response();
     }
     if !params.contains_key("requestId") {

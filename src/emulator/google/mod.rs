@@ -5,6 +5,10 @@
 //! Wire formats follow shared/rbm-facts.md §1–2. Where Google's documents
 //! disagree (revoke semantics), each reading is a `PhoneBehaviour`, so the
 //! service can be tested under both.
+//!
+//! [`GoogleFaults`], switched with `set_faults`, make it misbehave: API
+//! errors, hangs, resets, slowness, a full outage, and webhooks duplicated,
+//! reordered or never sent.
 
 mod api;
 mod oauth;
@@ -14,6 +18,7 @@ mod webhook;
 mod tests;
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -23,6 +28,8 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use webhook::Outgoing;
+
+pub use super::faults::GoogleFaults;
 
 pub const RBM_SCOPE: &str = "https://www.googleapis.com/auth/rcsbusinessmessaging";
 
@@ -42,6 +49,8 @@ pub struct GoogleEmulatorConfig {
     pub default_phone: PhoneBehaviour,
     /// First retry delay for a webhook not answered 200; doubles each retry.
     pub webhook_retry_base: Duration,
+    /// The longest delay between two tries (Google's is 600 s).
+    pub webhook_retry_cap: Duration,
     pub webhook_max_attempts: u32,
     /// Seeds what may be deterministic (the service account's client_id).
     /// Identifiers that a receiver dedupes on stay random, so that two
@@ -60,6 +69,7 @@ impl Default for GoogleEmulatorConfig {
                 read_after: Some(Duration::from_secs(2)),
             },
             webhook_retry_base: Duration::from_millis(50),
+            webhook_retry_cap: Duration::from_secs(600),
             webhook_max_attempts: 8,
             seed: 0,
         }
@@ -79,6 +89,10 @@ pub enum PhoneBehaviour {
     RevokeRace { delay: Duration },
     /// At TTL expiry the revoke fails: the message is delivered and TTL_EXPIRATION_REVOKE_FAILED is sent (delivery also sends DELIVERED).
     TtlRevokeFails,
+    /// At TTL expiry Google reports TTL_EXPIRATION_REVOKED, yet the phone got
+    /// the message: DELIVERED follows `delay` later. Google documents that
+    /// delivery and TTL expiry race and both events may come.
+    TtlRace { delay: Duration },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -98,7 +112,25 @@ pub struct RevokeRecord {
     /// The `agentId` query parameter as received ("" when absent).
     pub agent_id: String,
     pub received_at: DateTime<Utc>,
+    /// The status answered, or for an answer lost to a fault (hang, reset)
+    /// the one that would have been (0 when the request was not carried out).
     pub status: u16,
+    /// When the answer went out (or was lost).
+    pub answered_at: DateTime<Utc>,
+    /// A fault dropped the connection instead of answering.
+    pub answer_lost: bool,
+}
+
+/// One try to deliver one webhook.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WebhookAttempt {
+    pub event_id: String,
+    pub event_type: String,
+    pub message_id: String,
+    pub url: String,
+    pub at: DateTime<Utc>,
+    /// None when no answer came.
+    pub status: Option<u16>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -141,7 +173,21 @@ struct Message {
 }
 
 struct State {
-    webhook_url: Option<String>,
+    /// Where webhooks go; with several, each try goes to the next one, as
+    /// through a load balancer.
+    webhook_urls: Vec<String>,
+    next_url: usize,
+    faults: GoogleFaults,
+    /// Every request to the RBM API or the token endpoint.
+    requests: usize,
+    /// DELETEs per message, which names each one for the fault draw.
+    deletes_for: HashMap<String, u64>,
+    /// Other API calls, likewise.
+    other_calls: u64,
+    /// Webhooks per (message, event type), likewise.
+    webhooks_for: HashMap<(String, String), u64>,
+    dropped_webhooks: Vec<WebhookRecord>,
+    webhook_attempts: Vec<WebhookAttempt>,
     phones: HashMap<String, PhoneBehaviour>,
     messages: HashMap<String, Message>,
     revoke_faults: VecDeque<u16>,
@@ -156,6 +202,7 @@ struct Inner {
     client_token: String,
     default_phone: PhoneBehaviour,
     retry_base: Duration,
+    retry_cap: Duration,
     max_attempts: u32,
     client_id: String,
     base_url: String,
@@ -167,10 +214,23 @@ struct Inner {
     state: Mutex<State>,
     revoke_count: watch::Sender<usize>,
     webhook_count: watch::Sender<usize>,
+    /// Webhooks the faults dropped.
+    dropped_count: watch::Sender<usize>,
     /// While true, DELETEs wait before being answered (a hung Google).
     revoke_hold: watch::Sender<bool>,
     /// DELETEs that have arrived, answered or not.
     revoke_arrivals: watch::Sender<usize>,
+    /// Phone timers and webhook deliveries under way.
+    busy: AtomicUsize,
+}
+
+/// Counts one piece of pending work for as long as it lives.
+struct Busy(Arc<Inner>);
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.busy.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl GoogleEmulator {
@@ -191,6 +251,7 @@ impl GoogleEmulator {
             client_token: cfg.client_token,
             default_phone: cfg.default_phone,
             retry_base: cfg.webhook_retry_base,
+            retry_cap: cfg.webhook_retry_cap,
             max_attempts: cfg.webhook_max_attempts.max(1),
             client_id: client_id_from_seed(cfg.seed),
             base_url: format!("http://{addr}"),
@@ -198,7 +259,15 @@ impl GoogleEmulator {
             runtime: tokio::runtime::Handle::current(),
             http,
             state: Mutex::new(State {
-                webhook_url: cfg.webhook_url,
+                webhook_urls: cfg.webhook_url.into_iter().collect(),
+                next_url: 0,
+                faults: GoogleFaults::default(),
+                requests: 0,
+                deletes_for: HashMap::new(),
+                other_calls: 0,
+                webhooks_for: HashMap::new(),
+                dropped_webhooks: Vec::new(),
+                webhook_attempts: Vec::new(),
                 phones: HashMap::new(),
                 messages: HashMap::new(),
                 revoke_faults: VecDeque::new(),
@@ -209,11 +278,15 @@ impl GoogleEmulator {
             }),
             revoke_count: watch::channel(0).0,
             webhook_count: watch::channel(0).0,
+            dropped_count: watch::channel(0).0,
             revoke_hold: watch::channel(false).0,
             revoke_arrivals: watch::channel(0).0,
+            busy: AtomicUsize::new(0),
         });
-        let app = api::router(inner.clone());
+        let app = api::router(inner.clone())
+            .into_make_service_with_connect_info::<super::conn::ConnKill>();
         inner.runtime.spawn(async move {
+            let listener = super::conn::KillableListener(listener);
             if let Err(e) = axum::serve(listener, app).await {
                 tracing::error!(error = %e, "google emulator server stopped");
             }
@@ -263,7 +336,52 @@ impl GoogleEmulator {
     }
 
     pub fn set_webhook_url(&self, url: &str) {
-        self.inner.st().webhook_url = Some(url.to_owned());
+        self.set_webhook_urls(&[url.to_owned()]);
+    }
+
+    /// Several receivers of one webhook, e.g. replicas behind a load
+    /// balancer: each try goes to the next URL in turn, so a try that fails
+    /// at one is retried at another.
+    pub fn set_webhook_urls(&self, urls: &[String]) {
+        let mut st = self.inner.st();
+        st.webhook_urls = urls.to_vec();
+        st.next_url = 0;
+    }
+
+    /// Switches the faults; they apply to requests and webhooks from now on.
+    /// Queued revoke faults (`queue_revoke_faults`) still come first.
+    pub fn set_faults(&self, faults: GoogleFaults) {
+        self.inner.st().faults = faults;
+    }
+
+    pub fn faults(&self) -> GoogleFaults {
+        self.inner.st().faults.clone()
+    }
+
+    /// Every request received by the RBM API and the token endpoint,
+    /// including those answered with an injected fault.
+    pub fn requests(&self) -> usize {
+        self.inner.st().requests
+    }
+
+    /// Webhooks the faults kept from being sent at all (`attempts` 0).
+    pub fn webhooks_dropped(&self) -> Vec<WebhookRecord> {
+        self.inner.st().dropped_webhooks.clone()
+    }
+
+    /// Resolves once the faults have dropped at least `n` webhooks.
+    pub async fn wait_for_webhooks_dropped(
+        &self,
+        n: usize,
+        timeout: Duration,
+    ) -> anyhow::Result<Vec<WebhookRecord>> {
+        wait_count(&self.inner.dropped_count, n, timeout, "dropped webhooks").await?;
+        Ok(self.webhooks_dropped())
+    }
+
+    /// Every single try to deliver a webhook, in order.
+    pub fn webhook_attempts(&self) -> Vec<WebhookAttempt> {
+        self.inner.st().webhook_attempts.clone()
     }
 
     /// Applies to messages sent from now on.
@@ -307,9 +425,7 @@ impl GoogleEmulator {
         let out = Outgoing::crafted(event);
         let url = self
             .inner
-            .st()
-            .webhook_url
-            .clone()
+            .webhook_url()
             .ok_or_else(|| anyhow::anyhow!("no webhook URL configured"))?;
         let (body, sig) = webhook::envelope(&self.inner, &out);
         let result = webhook::post(&self.inner.http, &url, body, &sig).await;
@@ -384,6 +500,13 @@ impl GoogleEmulator {
         Ok(self.webhooks_sent())
     }
 
+    /// Phone timers (deliveries, TTL expiries, races) and webhook
+    /// deliveries still under way: 0 when nothing more will happen unless
+    /// asked.
+    pub fn busy(&self) -> usize {
+        self.inner.busy.load(Ordering::SeqCst)
+    }
+
     /// Successful token grants issued.
     pub fn token_requests(&self) -> usize {
         self.inner.st().token_grants
@@ -404,9 +527,7 @@ impl GoogleEmulator {
     pub async fn verify_webhook(&self) -> anyhow::Result<bool> {
         let url = self
             .inner
-            .st()
-            .webhook_url
-            .clone()
+            .webhook_url()
             .ok_or_else(|| anyhow::anyhow!("no webhook URL configured"))?;
         let secret = uuid::Uuid::new_v4().simple().to_string();
         let resp = self
@@ -451,6 +572,36 @@ impl Inner {
 
     fn token_uri(&self) -> String {
         format!("{}/token", self.base_url)
+    }
+
+    fn busy_guard(self: &Arc<Self>) -> Busy {
+        self.busy.fetch_add(1, Ordering::SeqCst);
+        Busy(self.clone())
+    }
+
+    /// Where a delivery starts among the receivers: each delivery starts at
+    /// the next one (round robin).
+    fn webhook_start(&self) -> usize {
+        let mut st = self.st();
+        let start = st.next_url;
+        st.next_url = st.next_url.wrapping_add(1);
+        start
+    }
+
+    /// The URL for try `attempt` (from 0) of a delivery that started at
+    /// `start`: each retry goes to the next receiver, as a load balancer
+    /// retrying elsewhere would.
+    fn webhook_url_for(&self, start: usize, attempt: u32) -> Option<String> {
+        let st = self.st();
+        if st.webhook_urls.is_empty() {
+            return None;
+        }
+        let i = start.wrapping_add(attempt as usize) % st.webhook_urls.len();
+        Some(st.webhook_urls[i].clone())
+    }
+
+    fn webhook_url(&self) -> Option<String> {
+        self.webhook_url_for(self.webhook_start(), 0)
     }
 
     fn agent_email(&self) -> String {
@@ -525,7 +676,9 @@ impl Inner {
     ) {
         if let PhoneBehaviour::Online { delay, read_after } = *behaviour {
             let (inner, phone, id) = (self.clone(), phone.to_owned(), message_id.to_owned());
+            let busy = self.busy_guard();
             self.runtime.spawn(async move {
+                let _busy = busy;
                 tokio::time::sleep(delay).await;
                 if !inner.transition(&id, EmuMessageState::Queued, EmuMessageState::Delivered) {
                     return;
@@ -549,7 +702,9 @@ impl Inner {
         }
         if let Some(ttl) = ttl {
             let (inner, id) = (self.clone(), message_id.to_owned());
+            let busy = self.busy_guard();
             self.runtime.spawn(async move {
+                let _busy = busy;
                 tokio::time::sleep(ttl).await;
                 inner.expire(&id);
             });
@@ -568,7 +723,7 @@ impl Inner {
     }
 
     fn expire(self: &Arc<Self>, message_id: &str) {
-        let (phone, failed) = {
+        let (phone, failed, race) = {
             let mut st = self.st();
             let Some(m) = st.messages.get_mut(message_id) else {
                 return;
@@ -577,15 +732,34 @@ impl Inner {
                 return;
             }
             let failed = m.behaviour == PhoneBehaviour::TtlRevokeFails;
-            m.state = if failed {
+            let race = match m.behaviour {
+                PhoneBehaviour::TtlRace { delay } => Some(delay),
+                _ => None,
+            };
+            m.state = if failed || race.is_some() {
                 EmuMessageState::Delivered
             } else {
                 EmuMessageState::Expired
             };
-            (m.phone.clone(), failed)
+            (m.phone.clone(), failed, race)
         };
         let agent = self.agent_email();
-        if failed {
+        if let Some(delay) = race {
+            self.spawn_webhook(webhook::server_event(
+                &agent,
+                &phone,
+                message_id,
+                "TTL_EXPIRATION_REVOKED",
+            ));
+            let (inner, phone, id) = (self.clone(), phone.clone(), message_id.to_owned());
+            let busy = self.busy_guard();
+            self.runtime.spawn(async move {
+                let _busy = busy;
+                tokio::time::sleep(delay).await;
+                let agent = inner.agent_email();
+                inner.spawn_webhook(webhook::user_event(&agent, &phone, &id, "DELIVERED"));
+            });
+        } else if failed {
             self.spawn_webhook(webhook::user_event(&agent, &phone, message_id, "DELIVERED"));
             self.spawn_webhook(webhook::server_event(
                 &agent,
@@ -620,7 +794,9 @@ impl Inner {
         if let PhoneBehaviour::RevokeRace { delay } = m.behaviour {
             drop(st);
             let (inner, phone, id) = (self.clone(), phone.to_owned(), message_id.to_owned());
+            let busy = self.busy_guard();
             self.runtime.spawn(async move {
+                let _busy = busy;
                 tokio::time::sleep(delay).await;
                 if inner.transition(&id, EmuMessageState::Revoked, EmuMessageState::Delivered) {
                     inner.spawn_webhook(webhook::user_event(
@@ -653,8 +829,37 @@ impl Inner {
         self.webhook_count.send_replace(n);
     }
 
+    /// Sends a webhook the way the faults say: not at all, or one or more
+    /// copies, each after its own random delay.
     fn spawn_webhook(self: &Arc<Self>, out: Outgoing) {
-        self.runtime.spawn(webhook::deliver(self.clone(), out));
+        let copies = {
+            let mut st = self.st();
+            let key = (out.message_id().to_owned(), out.event_type().to_owned());
+            let n = st.webhooks_for.entry(key).or_insert(0);
+            *n += 1;
+            let n = n.to_string();
+            let faults = &st.faults;
+            faults.fanout(&["webhook", out.message_id(), out.event_type(), &n])
+        };
+        if copies.is_empty() {
+            tracing::debug!(event = out.event_type(), "webhook dropped by a fault");
+            let n = {
+                let mut st = self.st();
+                st.dropped_webhooks.push(out.record(0, None));
+                st.dropped_webhooks.len()
+            };
+            self.dropped_count.send_replace(n);
+            return;
+        }
+        for delay in copies {
+            let (inner, out) = (self.clone(), out.clone());
+            let busy = self.busy_guard();
+            self.runtime.spawn(async move {
+                let _busy = busy;
+                tokio::time::sleep(delay).await;
+                webhook::deliver(inner, out).await;
+            });
+        }
     }
 }
 

@@ -16,6 +16,7 @@ use sha2::Sha256;
 use tokio::sync::mpsc;
 
 use super::*;
+use crate::emulator::faults::Fault;
 use crate::signature::google_verify;
 
 const PHONE: &str = "+15550001111";
@@ -904,4 +905,354 @@ fn e164_shapes() {
     ] {
         assert!(!is_e164(bad), "{bad}");
     }
+}
+
+// ---- switchable faults ----
+
+/// Message ids fixed by the test, so the seeded fault draws are too.
+fn fixed_id(i: usize) -> String {
+    format!("00000000-0000-4000-8000-{i:012}")
+}
+
+#[tokio::test]
+async fn error_faults_answer_500_503_or_429_and_leave_the_message_queued() {
+    let emu = emulator().await;
+    let api = Api::new(&emu).await;
+    emu.set_faults(GoogleFaults {
+        seed: 3,
+        error_rate: 1.0,
+        ..GoogleFaults::default()
+    });
+    let mut seen = std::collections::BTreeSet::new();
+    for i in 0..30 {
+        let id = fixed_id(i);
+        emu.agent_send(PHONE, &id, None);
+        let resp = api.delete(PHONE, &id).await;
+        let status = resp.status().as_u16();
+        if status == 429 {
+            assert_eq!(
+                resp.headers()
+                    .get("retry-after")
+                    .and_then(|v| v.to_str().ok()),
+                Some("1")
+            );
+        }
+        let (_, body) = status_and_json(resp).await;
+        assert_eq!(body["error"]["code"], status, "{body}");
+        seen.insert(status);
+        assert_eq!(emu.message_state(&id), Some(EmuMessageState::Queued));
+    }
+    assert_eq!(seen.into_iter().collect::<Vec<_>>(), [429, 500, 503]);
+    assert!(emu.revokes().iter().all(|r| !r.answer_lost));
+
+    // Switched off at run time: the next DELETE works.
+    emu.set_faults(GoogleFaults::default());
+    assert_eq!(api.delete(PHONE, &fixed_id(0)).await.status().as_u16(), 200);
+}
+
+#[tokio::test]
+async fn hangs_outlast_the_client_timeout_and_half_of_them_revoke_first() {
+    let emu = emulator().await;
+    let token = access_token(&emu).await;
+    let impatient = reqwest::Client::builder()
+        .timeout(Duration::from_millis(150))
+        .build()
+        .expect("client");
+    let faults = GoogleFaults {
+        seed: 11,
+        hang_rate: 1.0,
+        hang_for: Duration::from_millis(400),
+        ..GoogleFaults::default()
+    };
+    emu.set_faults(faults.clone());
+    let n = 12;
+    for i in 0..n {
+        let id = fixed_id(i);
+        emu.agent_send(PHONE, &id, None);
+        let err = impatient
+            .delete(format!(
+                "{}/v1/phones/{PHONE}/agentMessages/{id}?agentId={}",
+                emu.base_url(),
+                emu.agent_id()
+            ))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .expect_err("no answer within the client timeout");
+        assert!(err.is_timeout(), "{err}");
+    }
+    let records = emu.wait_for_revokes(n, WAIT).await.expect("all recorded");
+    let mut revoked = 0;
+    for r in &records {
+        assert!(r.answer_lost);
+        assert!(r.answered_at - r.received_at >= chrono::TimeDelta::milliseconds(390));
+        // What the emulator did is what the seed decided.
+        let applied = match faults.plan(&["DELETE", PHONE, &r.message_id, "1"]).fault {
+            Fault::Hang { applied } => applied,
+            other => panic!("unexpected plan {other:?}"),
+        };
+        let state = emu.message_state(&r.message_id);
+        if applied {
+            revoked += 1;
+            assert_eq!((r.status, state), (200, Some(EmuMessageState::Revoked)));
+        } else {
+            assert_eq!((r.status, state), (0, Some(EmuMessageState::Queued)));
+        }
+    }
+    assert!(0 < revoked && revoked < n, "{revoked} of {n} revoked");
+}
+
+#[tokio::test]
+async fn resets_drop_the_connection_without_an_answer() {
+    let emu = emulator().await;
+    let api = Api::new(&emu).await;
+    emu.set_faults(GoogleFaults {
+        seed: 5,
+        reset_rate: 1.0,
+        ..GoogleFaults::default()
+    });
+    for i in 0..6 {
+        let id = fixed_id(i);
+        emu.agent_send(PHONE, &id, None);
+        let err = api
+            .http
+            .delete(format!(
+                "{}/v1/phones/{PHONE}/agentMessages/{id}?agentId={}",
+                api.base, api.agent
+            ))
+            .bearer_auth(&api.token)
+            .send()
+            .await
+            .expect_err("the connection is dropped");
+        assert!(!err.is_timeout() && !err.is_connect(), "{err}");
+    }
+    assert!(emu.revokes().iter().all(|r| r.answer_lost));
+}
+
+#[tokio::test]
+async fn latency_delays_each_answer_by_its_drawn_amount() {
+    let emu = emulator().await;
+    let api = Api::new(&emu).await;
+    let faults = GoogleFaults {
+        seed: 8,
+        latency: Duration::from_millis(120),
+        ..GoogleFaults::default()
+    };
+    emu.set_faults(faults.clone());
+    for i in 0..5 {
+        let id = fixed_id(i);
+        emu.agent_send(PHONE, &id, None);
+        let planned = faults.plan(&["DELETE", PHONE, &id, "1"]).latency;
+        let started = std::time::Instant::now();
+        assert_eq!(api.delete(PHONE, &id).await.status().as_u16(), 200);
+        assert!(started.elapsed() >= planned, "{planned:?}");
+    }
+}
+
+#[tokio::test]
+async fn an_outage_answers_503_everywhere_and_counts_the_requests() {
+    let emu = emulator().await;
+    let api = Api::new(&emu).await;
+    let before = emu.requests();
+    emu.set_faults(GoogleFaults {
+        unavailable: true,
+        ..GoogleFaults::default()
+    });
+    let id = fixed_id(1);
+    emu.agent_send(PHONE, &id, None);
+    let (status, body) = status_and_json(api.delete(PHONE, &id).await).await;
+    assert_eq!(
+        (status, &body["error"]["status"]),
+        (503, &json!("UNAVAILABLE"))
+    );
+    let (status, _) = grant(&emu, &sign_jwt(&rs256(), &claims(&emu))).await;
+    assert_eq!(status, 503);
+    assert_eq!(emu.requests(), before + 2);
+    assert_eq!(emu.message_state(&id), Some(EmuMessageState::Queued));
+    emu.set_faults(GoogleFaults::default());
+    assert_eq!(api.delete(PHONE, &id).await.status().as_u16(), 200);
+}
+
+#[tokio::test]
+async fn webhooks_come_once_to_three_times_with_one_event_id() {
+    let emu = emulator().await;
+    let mut rx = Receiver::for_emulator(&emu).await;
+    let faults = GoogleFaults {
+        seed: 21,
+        webhook_duplicates: 3,
+        ..GoogleFaults::default()
+    };
+    emu.set_faults(faults.clone());
+    emu.set_phone(
+        PHONE,
+        PhoneBehaviour::Online {
+            delay: MS,
+            read_after: None,
+        },
+    );
+    let ids: Vec<String> = (0..20).map(fixed_id).collect();
+    let expected: usize = ids
+        .iter()
+        .map(|id| faults.fanout(&["webhook", id, "DELIVERED", "1"]).len())
+        .sum();
+    for id in &ids {
+        emu.agent_send(PHONE, id, None);
+    }
+    let mut copies: HashMap<String, (String, usize)> = HashMap::new();
+    for _ in 0..expected {
+        let c = rx.next().await;
+        let id = c.event["messageId"].as_str().unwrap_or_default().to_owned();
+        let event_id = c.event["eventId"].as_str().unwrap_or_default().to_owned();
+        let entry = copies.entry(id).or_insert((event_id.clone(), 0));
+        assert_eq!(entry.0, event_id, "copies share the eventId");
+        entry.1 += 1;
+    }
+    for id in &ids {
+        let want = faults.fanout(&["webhook", id, "DELIVERED", "1"]).len();
+        assert_eq!(copies[id].1, want, "{id}");
+    }
+    assert!(copies.values().any(|(_, n)| *n > 1));
+    assert!(copies.values().any(|(_, n)| *n == 1));
+    emu.wait_for_webhooks(expected, WAIT)
+        .await
+        .expect("recorded");
+}
+
+#[tokio::test]
+async fn delayed_webhooks_overtake_each_other() {
+    let emu = emulator().await;
+    let mut rx = Receiver::for_emulator(&emu).await;
+    emu.set_faults(GoogleFaults {
+        seed: 2,
+        webhook_delay: Duration::from_millis(300),
+        ..GoogleFaults::default()
+    });
+    let ids: Vec<String> = (0..20).map(fixed_id).collect();
+    for (i, id) in ids.iter().enumerate() {
+        let phone = format!("+1555000{i:04}");
+        emu.set_phone(
+            &phone,
+            PhoneBehaviour::Online {
+                delay: MS * (5 * i as u32),
+                read_after: None,
+            },
+        );
+        emu.agent_send(&phone, id, None);
+    }
+    let mut order = Vec::new();
+    for _ in 0..ids.len() {
+        let c = rx.next().await;
+        order.push(c.event["messageId"].as_str().unwrap_or_default().to_owned());
+    }
+    assert_ne!(
+        order, ids,
+        "generated in order, yet arrived in the same order"
+    );
+}
+
+#[tokio::test]
+async fn dropped_webhooks_are_never_sent_but_are_recorded() {
+    let emu = emulator().await;
+    let mut rx = Receiver::for_emulator(&emu).await;
+    emu.set_faults(GoogleFaults {
+        webhook_drop_rate: 1.0,
+        ..GoogleFaults::default()
+    });
+    emu.set_phone(
+        PHONE,
+        PhoneBehaviour::Online {
+            delay: MS,
+            read_after: Some(MS),
+        },
+    );
+    let id = msg_id();
+    emu.agent_send(PHONE, &id, None);
+    let dropped = emu
+        .wait_for_webhooks_dropped(2, WAIT)
+        .await
+        .expect("both dropped");
+    let mut types: Vec<&str> = dropped.iter().map(|r| r.event_type.as_str()).collect();
+    types.sort();
+    assert_eq!(types, ["DELIVERED", "READ"]);
+    assert!(dropped
+        .iter()
+        .all(|r| r.attempts == 0 && r.status.is_none()));
+    assert!(emu.webhooks_sent().is_empty() && emu.webhook_attempts().is_empty());
+    assert!(rx.rx.try_recv().is_err());
+    // Google still delivered the message to the phone.
+    assert_eq!(emu.message_state(&id), Some(EmuMessageState::Delivered));
+}
+
+#[tokio::test]
+async fn ttl_race_reports_the_revocation_and_then_the_delivery() {
+    let emu = emulator().await;
+    let mut rx = Receiver::for_emulator(&emu).await;
+    emu.set_phone(PHONE, PhoneBehaviour::TtlRace { delay: 30 * MS });
+    let id = msg_id();
+    emu.agent_send(PHONE, &id, Some(10 * MS));
+    let first = rx.next().await;
+    assert_eq!(first.event["eventType"], "TTL_EXPIRATION_REVOKED");
+    let second = rx.next().await;
+    assert_eq!(second.event["eventType"], "DELIVERED");
+    assert_eq!(second.event["messageId"], id.as_str());
+    assert_eq!(emu.message_state(&id), Some(EmuMessageState::Delivered));
+    let api = Api::new(&emu).await;
+    assert_eq!(api.delete(PHONE, &id).await.status().as_u16(), 404);
+}
+
+#[tokio::test]
+async fn several_webhook_urls_take_turns_so_a_failing_one_is_retried_elsewhere() {
+    let emu = emulator().await;
+    let mut down = Receiver::start(emu.client_token()).await;
+    let mut up = Receiver::start(emu.client_token()).await;
+    down.answer_next(&[503; 8]);
+    emu.set_webhook_urls(&[down.url.clone(), up.url.clone()]);
+    let id = msg_id();
+    emu.agent_send(PHONE, &id, None);
+    emu.deliver(&id, true).await;
+    assert_eq!(down.next().await.event["messageId"], id.as_str());
+    assert_eq!(up.next().await.event["messageId"], id.as_str());
+    let attempts = emu.webhook_attempts();
+    assert_eq!(
+        attempts
+            .iter()
+            .map(|a| (a.url.clone(), a.status))
+            .collect::<Vec<_>>(),
+        [(down.url.clone(), Some(503)), (up.url.clone(), Some(200))]
+    );
+    assert_eq!(emu.webhooks_sent()[0].attempts, 2);
+}
+
+#[tokio::test]
+async fn faults_can_be_switched_over_http() {
+    let emu = emulator().await;
+    let http = reqwest::Client::new();
+    let url = format!("{}/emulator/faults", emu.base_url());
+    let set = |body: &'static str| http.post(&url).body(body).send();
+    let resp = set("google.error_rate=0.25,webhook_duplicates=2")
+        .await
+        .expect("answer");
+    assert_eq!(resp.status().as_u16(), 200);
+    assert_eq!(
+        resp.text().await.expect("text"),
+        "seed=0,error_rate=0.25,webhook_duplicates=2"
+    );
+    assert_eq!(emu.faults().error_rate, 0.25);
+    let resp = set("hang_rate=0.5").await.expect("answer");
+    assert_eq!(resp.status().as_u16(), 200);
+    let now = emu.faults();
+    assert_eq!((now.error_rate, now.hang_rate), (0.25, 0.5));
+    let resp = set("nonsense=1").await.expect("answer");
+    assert_eq!(resp.status().as_u16(), 400);
+    assert!(resp
+        .text()
+        .await
+        .expect("text")
+        .contains("unknown Google fault"));
+    assert_eq!(set("").await.expect("answer").status().as_u16(), 200);
+    assert!(emu.faults().is_none());
+    let shown = http.get(&url).send().await.expect("answer");
+    assert_eq!(shown.text().await.expect("text"), "seed=0");
+    // The control plane is not counted as Google traffic.
+    assert_eq!(emu.requests(), 0);
 }

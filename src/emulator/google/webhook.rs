@@ -11,7 +11,7 @@ use chrono::{SecondsFormat, Utc};
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use super::{rfc3339, Inner, WebhookRecord};
+use super::{rfc3339, Inner, WebhookAttempt, WebhookRecord};
 use crate::signature::google_sign;
 
 /// Google caps its back-off between tries at 600 s.
@@ -19,6 +19,7 @@ const MAX_RETRY_DELAY: Duration = Duration::from_secs(600);
 
 /// One event ready to go out: its exact decoded bytes (what is signed) and
 /// what the delivery log needs to know about it.
+#[derive(Clone)]
 pub(super) struct Outgoing {
     data: Vec<u8>,
     /// The envelope's `attributes.type`. Only "agent_launch_event" is
@@ -149,6 +150,14 @@ impl Outgoing {
         }
     }
 
+    pub(super) fn message_id(&self) -> &str {
+        &self.message_id
+    }
+
+    pub(super) fn event_type(&self) -> &str {
+        &self.event_type
+    }
+
     pub(super) fn record(&self, attempts: u32, status: Option<u16>) -> WebhookRecord {
         WebhookRecord {
             event_id: self.event_id.clone(),
@@ -218,11 +227,13 @@ pub(super) async fn deliver(inner: Arc<Inner>, out: Outgoing) {
     let mut delay = inner.retry_base;
     let mut attempts = 0;
     let mut status;
+    let cap = inner.retry_cap.min(MAX_RETRY_DELAY);
+    let start = inner.webhook_start();
     loop {
+        let url = inner.webhook_url_for(start, attempts);
         attempts += 1;
-        let url = inner.st().webhook_url.clone();
-        status = match url {
-            Some(url) => match post(&inner.http, &url, body.clone(), &sig).await {
+        status = match &url {
+            Some(url) => match post(&inner.http, url, body.clone(), &sig).await {
                 Ok(s) => Some(s),
                 Err(e) => {
                     tracing::debug!(error = %e, event = %out.event_type, "webhook not answered");
@@ -231,11 +242,21 @@ pub(super) async fn deliver(inner: Arc<Inner>, out: Outgoing) {
             },
             None => None,
         };
+        if let Some(url) = url {
+            inner.st().webhook_attempts.push(WebhookAttempt {
+                event_id: out.event_id.clone(),
+                event_type: out.event_type.clone(),
+                message_id: out.message_id.clone(),
+                url,
+                at: Utc::now(),
+                status,
+            });
+        }
         if status == Some(200) || attempts >= inner.max_attempts {
             break;
         }
         tokio::time::sleep(delay).await;
-        delay = delay.saturating_mul(2).min(MAX_RETRY_DELAY);
+        delay = delay.saturating_mul(2).min(cap);
     }
     if status != Some(200) {
         tracing::warn!(event_id = %out.event_id, attempts, ?status, "webhook dropped");

@@ -1,0 +1,783 @@
+//! The messages of a chaos run: what each phone does, registering them the
+//! way an agent would, and judging where each one ended against what its
+//! phone's behaviour (and the faults that actually hit it) imply.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use rand::rngs::StdRng;
+use rand::Rng;
+use serde_json::{json, Value};
+
+use crate::emulator::google::PhoneBehaviour;
+use crate::emulator::twilio::RecipientBehaviour;
+use crate::sandbox::Rig;
+
+/// States in which a message still has work of its own to do. Every other
+/// state is settled: final, or `sms_sent` (waiting only on Twilio's
+/// callbacks, with its outcome already `sms`).
+pub const UNSETTLED: [&str; 4] = ["pending", "revoking", "confirming", "sms_sending"];
+
+/// The timing a run is built on.
+#[derive(Clone, Debug)]
+pub struct Timing {
+    pub window: Duration,
+    /// Deadlines fall this long after registration, plus up to `spread`.
+    pub deadline_min: Duration,
+    pub deadline_spread: Duration,
+    /// Google's TTL expires this long before the deadline.
+    pub ttl_gap: Duration,
+    /// An online phone gets the message this long after it was sent.
+    pub online_delay: Duration,
+}
+
+/// What a phone (and its SMS recipient) does with the message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Class {
+    /// Online: delivered (DELIVERED, then READ) well before the deadline.
+    OnlineEarly,
+    /// Online: delivered the moment it is sent, so the DELIVERED may reach
+    /// the service before the agent has registered the message.
+    OnlineInstant,
+    /// Offline: never delivered, no TTL.
+    Offline,
+    /// Offline, with a TTL that expires before the deadline: Google revokes
+    /// it and sends TTL_EXPIRATION_REVOKED.
+    OfflineTtl,
+    /// Offline, with the TTL equal to the deadline (an agent that sets both
+    /// from one number): Google's expiry and the service's revoke race.
+    TtlAtDeadline,
+    /// At TTL expiry the revoke fails: DELIVERED and TTL_EXPIRATION_REVOKE_FAILED.
+    TtlRevokeFails,
+    /// TTL_EXPIRATION_REVOKED, then DELIVERED a fifth of the confirm window later.
+    TtlRace,
+    /// Revoke answered 200, DELIVERED a fifth of the confirm window later.
+    RaceInside,
+    /// Revoke answered 200, DELIVERED 1.5 s after the confirm window.
+    RaceAfter,
+    /// Offline; Twilio takes the SMS but cannot deliver it (30003).
+    Undeliverable,
+    /// Offline; Twilio refuses the number (21211).
+    InvalidNumber,
+}
+
+impl Class {
+    pub fn name(self) -> &'static str {
+        match self {
+            Class::OnlineEarly => "online, delivered early",
+            Class::OnlineInstant => "online, delivered at once",
+            Class::Offline => "offline",
+            Class::OfflineTtl => "offline, TTL before the deadline",
+            Class::TtlAtDeadline => "offline, TTL at the deadline",
+            Class::TtlRevokeFails => "TTL revoke fails (delivered)",
+            Class::TtlRace => "TTL revoked, yet DELIVERED follows",
+            Class::RaceInside => "DELIVERED inside the confirm window",
+            Class::RaceAfter => "DELIVERED after the confirm window",
+            Class::Undeliverable => "SMS undeliverable",
+            Class::InvalidNumber => "number refused by Twilio",
+        }
+    }
+
+    fn phone(self, t: &Timing) -> PhoneBehaviour {
+        match self {
+            Class::OnlineEarly => PhoneBehaviour::Online {
+                delay: t.online_delay,
+                read_after: Some(t.online_delay / 2),
+            },
+            Class::OnlineInstant => PhoneBehaviour::Online {
+                delay: Duration::ZERO,
+                read_after: None,
+            },
+            Class::Offline
+            | Class::OfflineTtl
+            | Class::TtlAtDeadline
+            | Class::Undeliverable
+            | Class::InvalidNumber => PhoneBehaviour::Offline,
+            Class::TtlRevokeFails => PhoneBehaviour::TtlRevokeFails,
+            Class::TtlRace => PhoneBehaviour::TtlRace {
+                delay: t.window / 5,
+            },
+            Class::RaceInside => PhoneBehaviour::RevokeRace {
+                delay: t.window / 5,
+            },
+            Class::RaceAfter => PhoneBehaviour::RevokeRace {
+                delay: t.window + Duration::from_millis(1500),
+            },
+        }
+    }
+
+    fn recipient(self) -> RecipientBehaviour {
+        match self {
+            Class::Undeliverable => RecipientBehaviour::Undeliverable { error_code: 30003 },
+            Class::InvalidNumber => RecipientBehaviour::InvalidNumber,
+            _ => RecipientBehaviour::Deliver,
+        }
+    }
+
+    /// Google's TTL for a message due `deadline_in` after it was sent.
+    fn ttl(self, deadline_in: Duration, t: &Timing) -> Option<Duration> {
+        match self {
+            Class::OfflineTtl | Class::TtlRevokeFails | Class::TtlRace => Some(
+                deadline_in
+                    .saturating_sub(t.ttl_gap)
+                    .max(t.deadline_min / 4),
+            ),
+            Class::TtlAtDeadline => Some(deadline_in),
+            _ => None,
+        }
+    }
+}
+
+/// Shares of each class in a run (weights, not necessarily summing to 100).
+pub type Mix = &'static [(Class, u32)];
+
+/// Every behaviour at once.
+pub const FULL_MIX: Mix = &[
+    (Class::OnlineEarly, 20),
+    (Class::OnlineInstant, 5),
+    (Class::Offline, 28),
+    (Class::OfflineTtl, 7),
+    (Class::TtlAtDeadline, 5),
+    (Class::TtlRevokeFails, 7),
+    (Class::TtlRace, 5),
+    (Class::RaceInside, 10),
+    (Class::RaceAfter, 5),
+    (Class::Undeliverable, 4),
+    (Class::InvalidNumber, 4),
+];
+
+/// Where the SMS is at stake.
+pub const SMS_MIX: Mix = &[
+    (Class::Offline, 75),
+    (Class::Undeliverable, 10),
+    (Class::RaceAfter, 10),
+    (Class::InvalidNumber, 5),
+];
+
+/// Messages that all need their revoke and their SMS.
+pub const OFFLINE_MIX: Mix = &[(Class::Offline, 1)];
+
+/// One message, decided before it is sent.
+#[derive(Clone, Debug)]
+pub struct Planned {
+    pub class: Class,
+    pub message_id: String,
+    pub phone: String,
+    pub deadline_in: Duration,
+}
+
+/// `n` messages of `mix` less the `excluded` classes, numbered from
+/// `first` (which makes the phone numbers distinct across batches of one
+/// run).
+pub fn plan(
+    n: usize,
+    first: usize,
+    mix: Mix,
+    excluded: &[Class],
+    t: &Timing,
+    rng: &mut StdRng,
+) -> Vec<Planned> {
+    let mix: Vec<(Class, u32)> = mix
+        .iter()
+        .filter(|(c, _)| !excluded.contains(c))
+        .copied()
+        .collect();
+    let total: u32 = mix.iter().map(|(_, w)| w).sum();
+    (first..first + n)
+        .map(|i| {
+            let mut pick = rng.gen_range(0..total.max(1));
+            let class = mix
+                .iter()
+                .find(|(_, w)| {
+                    if pick < *w {
+                        true
+                    } else {
+                        pick -= w;
+                        false
+                    }
+                })
+                .map(|(c, _)| *c)
+                .unwrap_or(Class::Offline);
+            let spread = t.deadline_spread.as_millis() as u64;
+            let deadline_in =
+                t.deadline_min + Duration::from_millis(rng.gen_range(0..=spread.max(1)));
+            Planned {
+                class,
+                message_id: uuid::Builder::from_random_bytes(rng.gen())
+                    .into_uuid()
+                    .to_string(),
+                phone: format!("+1555{i:07}"),
+                deadline_in,
+            }
+        })
+        .collect()
+}
+
+/// A registered message.
+#[derive(Clone, Debug)]
+pub struct Tracked {
+    pub class: Class,
+    pub message_id: String,
+    pub phone: String,
+    pub deadline: DateTime<Utc>,
+}
+
+/// The service's base URLs; requests rotate over them, so that one replica
+/// down does not stop the run.
+pub struct Endpoints {
+    urls: Vec<String>,
+    next: AtomicUsize,
+}
+
+impl Endpoints {
+    pub fn new(urls: Vec<String>) -> Arc<Endpoints> {
+        Arc::new(Endpoints {
+            urls,
+            next: AtomicUsize::new(0),
+        })
+    }
+
+    fn pick(&self) -> &str {
+        let i = self.next.fetch_add(1, Ordering::Relaxed);
+        &self.urls[i % self.urls.len()]
+    }
+}
+
+/// How one registration went.
+pub enum Registration {
+    Registered(Tracked),
+    /// Unanswered until its deadline had passed, then refused as past
+    /// (422), and not stored: the agent would have to fall back itself.
+    TooLate,
+    /// As above, but an earlier try had been stored after all: the repeat
+    /// was refused instead of being answered 200.
+    RepeatRefused(Tracked),
+}
+
+/// Does what the agent does: sends the RCS (to the Google emulator, with the
+/// phone set to behave as planned), then registers the fallback. A failed
+/// registration (service down, database down) is repeated with the very
+/// same request until it is answered 201 or 200.
+pub async fn register(
+    rig: &Rig,
+    api: &reqwest::Client,
+    endpoints: &Endpoints,
+    t: &Timing,
+    p: &Planned,
+) -> anyhow::Result<Registration> {
+    rig.google.set_phone(&p.phone, p.class.phone(t));
+    rig.twilio.set_recipient(&p.phone, p.class.recipient());
+    let ttl = p.class.ttl(p.deadline_in, t);
+    let deadline = Utc::now() + chrono::TimeDelta::from_std(p.deadline_in)?;
+    rig.google.agent_send(&p.phone, &p.message_id, ttl);
+    let body = json!({
+        "phone": p.phone,
+        "message_id": p.message_id,
+        "deadline": deadline.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        "sms": { "body": format!("Your code is {}", &p.message_id[..8]) },
+    });
+    let tracked = Tracked {
+        class: p.class,
+        message_id: p.message_id.clone(),
+        phone: p.phone.clone(),
+        deadline,
+    };
+    let give_up = tokio::time::Instant::now() + Duration::from_secs(120);
+    let mut delay = Duration::from_millis(50);
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        let url = format!("{}/v1/messages", endpoints.pick());
+        let answer = api.post(&url).json(&body).send().await;
+        match answer {
+            Ok(r) if r.status().as_u16() == 201 || r.status().as_u16() == 200 => break,
+            Ok(r) if r.status().as_u16() == 422 && tries > 1 && Utc::now() >= deadline => {
+                return Ok(match read_one(api, endpoints, &p.message_id).await {
+                    Some(_) => Registration::RepeatRefused(tracked),
+                    None => Registration::TooLate,
+                });
+            }
+            Ok(r) if r.status().is_client_error() && r.status().as_u16() != 429 => {
+                let status = r.status();
+                let text = r.text().await.unwrap_or_default();
+                anyhow::bail!("registration refused: {status} {text}");
+            }
+            _ if tokio::time::Instant::now() > give_up => {
+                anyhow::bail!("registration of {} not answered for 120 s", p.message_id)
+            }
+            _ => {
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_millis(500));
+            }
+        }
+    }
+    Ok(Registration::Registered(tracked))
+}
+
+/// The registrations of a batch.
+#[derive(Default)]
+pub struct Registrations {
+    /// Every message the service holds.
+    pub tracked: Vec<Tracked>,
+    /// Never stored: unanswered until past their deadline.
+    pub too_late: usize,
+    /// Stored, yet a repeat of the identical request was refused.
+    pub repeat_refused: Vec<String>,
+}
+
+/// Registers `planned` with at most `parallel` registrations at once, and
+/// no faster than one per `pace` (zero: as fast as possible).
+pub async fn register_all(
+    rig: Arc<Rig>,
+    api: reqwest::Client,
+    endpoints: Arc<Endpoints>,
+    t: Timing,
+    planned: Vec<Planned>,
+    parallel: usize,
+    pace: Duration,
+) -> anyhow::Result<Registrations> {
+    let permits = Arc::new(tokio::sync::Semaphore::new(parallel.max(1)));
+    let mut tasks = Vec::with_capacity(planned.len());
+    let started = tokio::time::Instant::now();
+    for (i, p) in planned.into_iter().enumerate() {
+        if !pace.is_zero() {
+            tokio::time::sleep_until(started + pace * i as u32).await;
+        }
+        let permit = permits.clone().acquire_owned().await?;
+        let (rig, api, endpoints, t) = (rig.clone(), api.clone(), endpoints.clone(), t.clone());
+        tasks.push(tokio::spawn(async move {
+            let r = register(&rig, &api, &endpoints, &t, &p).await;
+            drop(permit);
+            r
+        }));
+    }
+    let mut out = Registrations::default();
+    for task in tasks {
+        match task.await?? {
+            Registration::Registered(t) => out.tracked.push(t),
+            Registration::TooLate => out.too_late += 1,
+            Registration::RepeatRefused(t) => {
+                out.repeat_refused.push(t.message_id.clone());
+                out.tracked.push(t);
+            }
+        }
+    }
+    Ok(out)
+}
+
+impl Registrations {
+    /// The messages, and the rest for [`Registrations::annotate`].
+    pub fn split(mut self) -> (Vec<Tracked>, Registrations) {
+        (std::mem::take(&mut self.tracked), self)
+    }
+
+    /// Notes and violations for a report.
+    pub fn annotate(&self, r: &mut super::Report) {
+        if self.too_late > 0 {
+            r.notes.push(format!(
+                "{} registrations went unanswered until their deadline had passed (not stored, \
+                 refused as past when repeated; the agent falls back itself)",
+                self.too_late
+            ));
+        }
+        for id in &self.repeat_refused {
+            r.violations.push(format!(
+                "{id}: a repeat of a stored registration was refused (422) instead of answered 200"
+            ));
+        }
+    }
+}
+
+/// What the service says about one message.
+#[derive(Clone, Debug)]
+pub struct Observed {
+    pub state: String,
+    pub outcome: String,
+    /// (time, kind), in order.
+    pub events: Vec<(DateTime<Utc>, String)>,
+    pub resource: Value,
+}
+
+/// Reads every message (with its history) through the API.
+pub async fn observe(
+    api: &reqwest::Client,
+    endpoints: &Endpoints,
+    tracked: &[Tracked],
+) -> Vec<Option<Observed>> {
+    let mut out = Vec::with_capacity(tracked.len());
+    // A few at a time: the service is small and so is the machine.
+    for chunk in tracked.chunks(8) {
+        let reads = chunk
+            .iter()
+            .map(|t| read_one(api, endpoints, &t.message_id));
+        out.extend(futures::future::join_all(reads).await);
+    }
+    out
+}
+
+async fn read_one(api: &reqwest::Client, endpoints: &Endpoints, id: &str) -> Option<Observed> {
+    for _ in 0..20 {
+        let url = format!("{}/v1/messages/{id}", endpoints.pick());
+        let Ok(r) = api.get(&url).send().await else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        if r.status() != reqwest::StatusCode::OK {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        }
+        let Ok(v) = r.json::<Value>().await else {
+            continue;
+        };
+        let text = |k: &str| v.get(k).and_then(Value::as_str).unwrap_or("?").to_owned();
+        let events = v
+            .get("events")
+            .and_then(Value::as_array)
+            .map(|evs| {
+                evs.iter()
+                    .filter_map(|e| {
+                        let at = e.get("at")?.as_str()?.parse().ok()?;
+                        Some((at, e.get("kind")?.as_str()?.to_owned()))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        return Some(Observed {
+            state: text("state"),
+            outcome: text("outcome"),
+            events,
+            resource: v,
+        });
+    }
+    None
+}
+
+/// What the emulators saw: the ground truth the service is judged by.
+pub struct Ground {
+    sms_to: HashMap<String, usize>,
+    /// Messages for which Google got a 200 for a DELIVERED, READ or
+    /// TTL_EXPIRATION_REVOKE_FAILED.
+    delivered_told: HashSet<String>,
+    /// Messages for which Google got a 200 for TTL_EXPIRATION_REVOKED.
+    ttl_told: HashSet<String>,
+    /// Phones whose `undelivered` status callback was answered 2xx.
+    undelivered_told: HashSet<String>,
+    /// DELETEs per message.
+    deletes: HashMap<String, Vec<Delete>>,
+}
+
+/// One DELETE as Google saw it.
+struct Delete {
+    received: DateTime<Utc>,
+    answered: DateTime<Utc>,
+    status: u16,
+    /// The answer never reached the caller (a hang or reset).
+    lost: bool,
+}
+
+impl Ground {
+    pub fn collect(rig: &Rig) -> Ground {
+        let mut sms_to: HashMap<String, usize> = HashMap::new();
+        let sms = rig.twilio.messages();
+        let mut to_of_sid = HashMap::new();
+        for m in &sms {
+            *sms_to.entry(m.to.clone()).or_default() += 1;
+            to_of_sid.insert(m.sid.clone(), m.to.clone());
+        }
+        let mut delivered_told = HashSet::new();
+        let mut ttl_told = HashSet::new();
+        for w in rig.google.webhooks_sent() {
+            if w.status != Some(200) {
+                continue;
+            }
+            match w.event_type.as_str() {
+                "DELIVERED" | "READ" | "TTL_EXPIRATION_REVOKE_FAILED" => {
+                    delivered_told.insert(w.message_id);
+                }
+                "TTL_EXPIRATION_REVOKED" => {
+                    ttl_told.insert(w.message_id);
+                }
+                _ => {}
+            }
+        }
+        let undelivered_told = rig
+            .twilio
+            .callbacks()
+            .into_iter()
+            .filter(|c| {
+                c.status == "undelivered" && c.http_status.is_some_and(|s| (200..300).contains(&s))
+            })
+            .filter_map(|c| to_of_sid.get(&c.sid).cloned())
+            .collect();
+        let mut deletes: HashMap<String, Vec<Delete>> = HashMap::new();
+        for r in rig.google.revokes() {
+            deletes.entry(r.message_id).or_default().push(Delete {
+                received: r.received_at,
+                answered: r.answered_at,
+                status: r.status,
+                lost: r.answer_lost,
+            });
+        }
+        Ground {
+            sms_to,
+            delivered_told,
+            ttl_told,
+            undelivered_told,
+            deletes,
+        }
+    }
+
+    pub fn sms_count(&self, phone: &str) -> usize {
+        self.sms_to.get(phone).copied().unwrap_or(0)
+    }
+}
+
+/// What a message may end as.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Expect {
+    /// Exactly this outcome.
+    Exactly(&'static str),
+    /// Not determined by the behaviour and the faults (see RELIABILITY.md):
+    /// any of these, still settled and with at most one SMS.
+    Either(&'static [&'static str]),
+}
+
+impl Expect {
+    pub fn allows(self, outcome: &str) -> bool {
+        match self {
+            Expect::Exactly(o) => o == outcome,
+            Expect::Either(set) => set.contains(&outcome),
+        }
+    }
+
+    pub fn label(self) -> String {
+        match self {
+            Expect::Exactly(o) => o.to_owned(),
+            Expect::Either(set) => set.join("|"),
+        }
+    }
+}
+
+/// What kind of trouble a run puts the service through, beyond faults that
+/// the emulators record per message.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Trouble {
+    /// The service (or its database) goes away for a while: webhooks and
+    /// timers may be late.
+    pub disruptions: bool,
+    /// The SMS may go out later than the confirm window after Google's
+    /// revoke (SMS sends retried, a revoke answer lost and retried).
+    pub late_sms: bool,
+}
+
+/// The outcome a message must reach, from its class and from what Google
+/// managed to tell the service (the faults may have dropped webhooks).
+pub fn expect(t: &Tracked, g: &Ground, trouble: Trouble) -> Expect {
+    let told_delivered = g.delivered_told.contains(&t.message_id);
+    let told_ttl = g.ttl_told.contains(&t.message_id);
+    // Without any DELIVERED, a revoke answers 404 for a delivered or
+    // expired message: read as delivered unless an earlier revoke may have
+    // removed it, then the SMS goes out.
+    const UNTOLD: Expect = Expect::Either(&["rcs", "sms"]);
+    match t.class {
+        Class::Offline => Expect::Exactly("sms"),
+        Class::InvalidNumber => Expect::Exactly("none"),
+        Class::Undeliverable if g.undelivered_told.contains(&t.phone) => Expect::Exactly("none"),
+        // Without that callback the service may still learn of the failure
+        // (a reconciliation that finds the SMS already undelivered, a
+        // callback applied by a process killed before it could answer), or
+        // not (the SMS stays `sms_sent`).
+        Class::Undeliverable => Expect::Either(&["sms", "none"]),
+        Class::OnlineEarly | Class::OnlineInstant | Class::TtlRevokeFails if told_delivered => {
+            Expect::Exactly("rcs")
+        }
+        Class::OnlineEarly | Class::OnlineInstant | Class::TtlRevokeFails => UNTOLD,
+        // Google revoked it and said so: the phone never got it.
+        Class::OfflineTtl | Class::TtlAtDeadline if told_ttl => Expect::Exactly("sms"),
+        Class::OfflineTtl | Class::TtlAtDeadline => UNTOLD,
+        Class::TtlRace | Class::RaceInside if told_delivered && trouble.disruptions => {
+            Expect::Either(&["rcs", "both"])
+        }
+        Class::TtlRace | Class::RaceInside if told_delivered => Expect::Exactly("rcs"),
+        Class::TtlRace if told_ttl => Expect::Exactly("sms"),
+        Class::TtlRace => UNTOLD,
+        Class::RaceInside => Expect::Exactly("sms"),
+        Class::RaceAfter if told_delivered && (trouble.disruptions || trouble.late_sms) => {
+            Expect::Either(&["both", "rcs"])
+        }
+        Class::RaceAfter if told_delivered => Expect::Exactly("both"),
+        Class::RaceAfter => Expect::Exactly("sms"),
+    }
+}
+
+/// The verdict on a set of messages.
+#[derive(Debug, Default)]
+pub struct Judgement {
+    /// Messages by expected outcome ("either" for undetermined ones).
+    pub expected: BTreeMap<String, usize>,
+    /// Messages by actual outcome ("unsettled" and "unknown" included).
+    pub actual: BTreeMap<String, usize>,
+    /// Messages not at an allowed outcome (or not settled) by the end.
+    pub lost: Vec<usize>,
+    /// The lost ones by class.
+    pub lost_by_class: BTreeMap<Class, usize>,
+    /// Messages whose phone got more than one SMS.
+    pub duplicate_sms: Vec<usize>,
+    /// Broken invariants, each with the message it concerns.
+    pub violations: Vec<(usize, String)>,
+    /// Undetermined messages that ended `rcs` although no DELIVERED reached
+    /// the service and the phone never got the RCS (its TTL expired).
+    pub untold_expiries: usize,
+}
+
+const DELIVERED_KINDS: [&str; 3] = ["rcs_delivered", "rcs_read", "ttl_revoke_failed"];
+
+pub fn judge(
+    tracked: &[Tracked],
+    observed: &[Option<Observed>],
+    g: &Ground,
+    trouble: Trouble,
+) -> Judgement {
+    let mut j = Judgement::default();
+    for (i, (t, o)) in tracked.iter().zip(observed).enumerate() {
+        let want = expect(t, g, trouble);
+        let key = match want {
+            Expect::Exactly(o) => o.to_owned(),
+            Expect::Either(_) => "either".to_owned(),
+        };
+        *j.expected.entry(key).or_default() += 1;
+        let sms = g.sms_count(&t.phone);
+        if sms > 1 {
+            j.duplicate_sms.push(i);
+        }
+        let Some(o) = o else {
+            *j.actual.entry("unknown".into()).or_default() += 1;
+            j.lost.push(i);
+            *j.lost_by_class.entry(t.class).or_default() += 1;
+            continue;
+        };
+        let settled = !UNSETTLED.contains(&o.state.as_str());
+        *j.actual
+            .entry(if settled {
+                o.outcome.clone()
+            } else {
+                "unsettled".into()
+            })
+            .or_default() += 1;
+        if !settled || !want.allows(&o.outcome) {
+            j.lost.push(i);
+            *j.lost_by_class.entry(t.class).or_default() += 1;
+        }
+        if matches!(want, Expect::Either(_))
+            && o.outcome == "rcs"
+            && matches!(t.class, Class::OfflineTtl | Class::TtlAtDeadline)
+        {
+            j.untold_expiries += 1;
+        }
+        let sms_state = matches!(
+            o.state.as_str(),
+            "sms_sent" | "sms_delivered" | "sms_failed"
+        );
+        if sms_state && sms == 0 {
+            j.violations
+                .push((i, format!("state {} but Twilio has no SMS", o.state)));
+        }
+        if matches!(o.state.as_str(), "delivered" | "failed" | "cancelled") && sms > 0 {
+            j.violations.push((
+                i,
+                format!("state {} but Twilio has {sms} SMS for it", o.state),
+            ));
+        }
+        let first_sms = o
+            .events
+            .iter()
+            .find(|(_, k)| k == "sms_attempt")
+            .map(|(at, _)| *at);
+        let first_rcs = o
+            .events
+            .iter()
+            .find(|(_, k)| DELIVERED_KINDS.contains(&k.as_str()))
+            .map(|(at, _)| *at);
+        if let (Some(rcs), Some(sms_at)) = (first_rcs, first_sms) {
+            if rcs < sms_at && sms > 0 {
+                j.violations
+                    .push((i, "SMS sent after a DELIVERED that came first".into()));
+            }
+        }
+        if let Some(ds) = g.deletes.get(&t.message_id) {
+            let ok = ds.iter().filter(|d| d.status == 200).count();
+            if ok > 1 {
+                j.violations
+                    .push((i, format!("{ok} DELETEs answered 200 (revoked twice)")));
+            }
+            let answered: Vec<&Delete> = ds.iter().filter(|d| !d.lost).collect();
+            for (a, x) in answered.iter().enumerate() {
+                for y in &answered[a + 1..] {
+                    if x.received < y.answered && y.received < x.answered {
+                        j.violations
+                            .push((i, "two DELETEs in flight at once".into()));
+                    }
+                }
+            }
+        }
+    }
+    j
+}
+
+/// One message's story, for a report: class, expectation, outcome, SMS
+/// count and its history.
+pub fn describe(t: &Tracked, o: Option<&Observed>, g: &Ground, trouble: Trouble) -> String {
+    let want = expect(t, g, trouble);
+    let mut s = format!(
+        "{} [{}, phone {}, deadline {}] expected {}, ",
+        t.message_id,
+        t.class.name(),
+        t.phone,
+        t.deadline
+            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        want.label()
+    );
+    match o {
+        None => s.push_str("never read from the API"),
+        Some(o) => {
+            s.push_str(&format!(
+                "got {} / {}; SMS at Twilio: {}; DELETEs: {}; history:",
+                o.state,
+                o.outcome,
+                g.sms_count(&t.phone),
+                g.deletes
+                    .get(&t.message_id)
+                    .map(|d| {
+                        d.iter()
+                            .map(|d| {
+                                if d.lost {
+                                    format!("{}(answer lost)", d.status)
+                                } else {
+                                    d.status.to_string()
+                                }
+                            })
+                            .collect::<Vec<_>>()
+                            .join(",")
+                    })
+                    .unwrap_or_default()
+            ));
+            for e in o
+                .resource
+                .get("events")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                let at = e.get("at").and_then(Value::as_str).unwrap_or("?");
+                let kind = e.get("kind").and_then(Value::as_str).unwrap_or("?");
+                let state = e.get("state").and_then(Value::as_str).unwrap_or("?");
+                let detail = e.get("detail").map(Value::to_string).unwrap_or_default();
+                s.push_str(&format!("\n      {at} {kind} -> {state} {detail}"));
+            }
+        }
+    }
+    s
+}

@@ -1,0 +1,138 @@
+//! POST /v1/messages:batch: per-item validation and answers, one transaction
+//! for the accepted items, the same idempotency as single registrations.
+
+mod common;
+
+use common::*;
+use serde_json::{json, Value};
+
+async fn batch(h: &Harness, messages: Vec<Value>) -> (u16, Value) {
+    let r = h
+        .api
+        .post(h.url("/v1/messages:batch"))
+        .json(&json!({ "messages": messages }))
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.json().await.unwrap())
+}
+
+#[tokio::test]
+async fn items_are_answered_one_by_one_and_the_accepted_ones_stored() {
+    let h = start().await;
+    let phone = "+15554000001";
+    let existing = uuid::Uuid::new_v4().to_string();
+    let existing_body = message("+15554000002", &existing, 600_000);
+    assert_eq!(h.post(&existing_body).await.status(), 201);
+    let conflicting = {
+        let mut b = existing_body.clone();
+        b["sms"]["body"] = json!("something else");
+        b
+    };
+    let fresh = uuid::Uuid::new_v4().to_string();
+    h.s.google.agent_send(phone, &fresh, None);
+    let mut bad_phone = message("+15554000003", "bad-phone", 600_000);
+    bad_phone["phone"] = json!("12345");
+    let repeated = uuid::Uuid::new_v4().to_string();
+    let items = vec![
+        message(phone, &fresh, 300),
+        existing_body.clone(),
+        conflicting,
+        bad_phone,
+        json!({ "phone": "+15554000004" }),
+        json!("not an object"),
+        message("+15554000005", &repeated, 600_000),
+        message("+15554000005", &repeated, 600_000),
+    ];
+    let (status, body) = batch(&h, items).await;
+    assert_eq!(status, 200, "{body:#}");
+    let statuses: Vec<u64> = body["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["status"].as_u64().unwrap())
+        .collect();
+    assert_eq!(statuses, [201, 200, 409, 422, 422, 422, 201, 200]);
+    let r = &body["results"];
+    assert_eq!(r[0]["message"]["state"], "pending");
+    assert_eq!(r[2]["error"]["code"], "message_id_conflict");
+    assert_eq!(r[3]["error"]["field"], "phone");
+    assert_eq!(r[4]["error"]["field"], "message_id");
+    assert_eq!(
+        (
+            body["created"].as_u64(),
+            body["existing"].as_u64(),
+            body["failed"].as_u64()
+        ),
+        (Some(2), Some(2), Some(4))
+    );
+    // Stored, with their history, and handled like any other message.
+    let m = h.get(&fresh).await;
+    assert_eq!(kinds(&m)[0], "registered");
+    h.wait_state(&fresh, "sms_delivered").await;
+    assert_eq!(h.sms_to(phone).await, 1);
+    assert_eq!(
+        h.get(&existing).await["sms"]["body"],
+        existing_body["sms"]["body"]
+    );
+    assert_eq!(
+        h.api
+            .get(h.url("/v1/messages/bad-phone"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+}
+
+#[tokio::test]
+async fn an_empty_or_oversized_batch_is_refused_and_stores_nothing() {
+    let h = start().await;
+    let (status, body) = batch(&h, vec![]).await;
+    assert_eq!(status, 422);
+    assert_eq!(body["error"]["field"], "messages");
+    let many: Vec<Value> = (0..1001)
+        .map(|i| {
+            message(
+                &format!("+1555410{i:04}"),
+                &format!("oversize-{i}"),
+                600_000,
+            )
+        })
+        .collect();
+    let (status, _) = batch(&h, many).await;
+    assert_eq!(status, 422);
+    let list: Value = h
+        .api
+        .get(h.url("/v1/messages"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list["messages"].as_array().unwrap().len(), 0);
+}
+
+#[tokio::test]
+async fn a_full_batch_of_a_thousand_is_stored_in_one_go() {
+    let h = start().await;
+    let items: Vec<Value> = (0..1000)
+        .map(|i| message(&format!("+1555420{i:04}"), &format!("full-{i}"), 600_000))
+        .collect();
+    let (status, body) = batch(&h, items).await;
+    assert_eq!(status, 200);
+    assert_eq!(body["created"], 1000);
+    let page: Value = h
+        .api
+        .get(h.url("/v1/messages?limit=500&state=pending"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(page["messages"].as_array().unwrap().len(), 500);
+    assert!(page["next_cursor"].is_string());
+}
