@@ -125,12 +125,7 @@ pub struct RbmClient {
 
 impl RbmClient {
     pub fn new(settings: &RbmSettings, tokens: TokenSource) -> RbmClient {
-        let http = reqwest::Client::builder()
-            .timeout(settings.timeout)
-            .connect_timeout(settings.timeout.min(Duration::from_secs(5)))
-            .user_agent(concat!("rbm-fallback/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .expect("the HTTP client configuration is static");
+        let http = crate::outbound::client(settings.timeout);
         RbmClient {
             http,
             base_url: settings.base_url.clone(),

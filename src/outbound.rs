@@ -79,6 +79,17 @@ pub fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
         .map(Duration::from_secs)
 }
 
+/// The HTTP client for one upstream: every call bounded by `timeout`, and
+/// connecting by at most five seconds of it.
+pub fn client(timeout: Duration) -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(timeout)
+        .connect_timeout(timeout.min(Duration::from_secs(5)))
+        .user_agent(concat!("rbm-fallback/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .expect("the HTTP client configuration is static")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -3,8 +3,6 @@
 //! error codes, and the list endpoint that makes a retry after a lost
 //! response safe.
 
-use std::time::Duration;
-
 use chrono::{DateTime, Utc};
 use reqwest::StatusCode;
 use serde::Deserialize;
@@ -55,12 +53,7 @@ struct ErrorJson {
 
 impl TwilioClient {
     pub fn new(settings: &TwilioSettings) -> TwilioClient {
-        let http = reqwest::Client::builder()
-            .timeout(settings.timeout)
-            .connect_timeout(settings.timeout.min(Duration::from_secs(5)))
-            .user_agent(concat!("rbm-fallback/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .expect("the HTTP client configuration is static");
+        let http = crate::outbound::client(settings.timeout);
         TwilioClient {
             http,
             messages_url: format!(

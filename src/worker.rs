@@ -229,73 +229,41 @@ impl Worker {
         let m = &claim.message;
         let key = format!("rbm:{}", m.agent_id);
         if let Err(free_in) = self.throttle(key, self.limits.rbm_rate).await {
-            return (
-                Input::Revoke(RevokeResult::Retry {
-                    delay: free_in,
-                    ambiguous: false,
-                    detail: RATE_LIMITED.into(),
-                }),
-                rate_limited(free_in),
-            );
+            return Retry::rate_limited(free_in).revoke();
         }
         let result = self.rbm.revoke(&m.agent_id, &m.phone, &m.message_id).await;
-        let (result, detail) = match result {
-            Ok(Revoked::Ok) => (RevokeResult::Revoked, serde_json::json!({ "status": 200 })),
+        let (input, detail) = match result {
+            Ok(Revoked::Ok) => (
+                Input::Revoke(RevokeResult::Revoked),
+                serde_json::json!({ "status": 200 }),
+            ),
             Ok(Revoked::NotFound) => (
-                RevokeResult::NotFound,
+                Input::Revoke(RevokeResult::NotFound),
                 serde_json::json!({ "status": 404, "after_doubt": after_doubt }),
             ),
-            Err(e) => self.revoke_failure(e, attempt),
+            Err(e) => match self.failure(e, attempt) {
+                Failure::Retry(r) => r.revoke(),
+                Failure::Rejected { status, detail, .. } => (
+                    Input::Revoke(RevokeResult::Rejected {
+                        status,
+                        detail: detail.clone(),
+                    }),
+                    serde_json::json!({ "status": status, "error": detail }),
+                ),
+            },
         };
         // Only the kind of answer: upstream error texts may quote the phone.
-        let answer = match &result {
-            RevokeResult::Revoked => "revoked",
-            RevokeResult::NotFound => "not found",
-            RevokeResult::Retry {
+        let answer = match &input {
+            Input::Revoke(RevokeResult::Revoked) => "revoked",
+            Input::Revoke(RevokeResult::NotFound) => "not found",
+            Input::Revoke(RevokeResult::Retry {
                 ambiguous: true, ..
-            } => "no answer (will retry)",
-            RevokeResult::Retry { .. } => "refused for now (will retry)",
-            RevokeResult::Rejected { .. } => "rejected",
+            }) => "no answer (will retry)",
+            Input::Revoke(RevokeResult::Retry { .. }) => "refused for now (will retry)",
+            _ => "rejected",
         };
         info!(phone = %mask(&m.phone), attempt, answer, "revoke answered");
-        (Input::Revoke(result), detail)
-    }
-
-    fn revoke_failure(&self, e: CallError, attempt: u32) -> (RevokeResult, serde_json::Value) {
-        match e {
-            CallError::Rejected { status, detail, .. } => (
-                RevokeResult::Rejected {
-                    status,
-                    detail: detail.clone(),
-                },
-                serde_json::json!({ "status": status, "error": detail }),
-            ),
-            CallError::Retryable {
-                retry_after,
-                detail,
-            } => {
-                let delay = self.retry_delay(attempt, retry_after);
-                (
-                    RevokeResult::Retry {
-                        delay,
-                        ambiguous: false,
-                        detail: detail.clone(),
-                    },
-                    serde_json::json!({ "error": detail, "retry_in_ms": delay.as_millis() as u64 }),
-                )
-            }
-            CallError::Ambiguous { detail } => {
-                let delay = self.retry_delay(attempt, None);
-                (
-                    RevokeResult::Retry {
-                        delay,
-                        ambiguous: true,
-                        detail: detail.clone(),
-                    },
-                    serde_json::json!({ "error": detail, "ambiguous": true, "retry_in_ms": delay.as_millis() as u64 }),
-                )
-            }
-        }
+        (input, detail)
     }
 
     async fn send_sms(
@@ -322,16 +290,12 @@ impl Worker {
                 Ok(None) => {}
                 Err(e) => {
                     // Still unknown: keep the doubt and look again later.
-                    let delay = self.retry_delay(attempt, None);
-                    let detail = format!("cannot check for an earlier SMS: {e}");
-                    return (
-                        Input::Sms(SmsResult::Retry {
-                            delay,
-                            ambiguous: true,
-                            detail: detail.clone(),
-                        }),
-                        serde_json::json!({ "error": detail, "retry_in_ms": delay.as_millis() as u64 }),
-                    );
+                    return Retry {
+                        delay: self.retry_delay(attempt, None),
+                        ambiguous: true,
+                        detail: format!("cannot check for an earlier SMS: {e}"),
+                    }
+                    .sms();
                 }
             }
         }
@@ -345,14 +309,7 @@ impl Worker {
             .throttle(format!("twilio:{sender}"), self.limits.twilio_rate)
             .await
         {
-            return (
-                Input::Sms(SmsResult::Retry {
-                    delay: free_in,
-                    ambiguous: false,
-                    detail: RATE_LIMITED.into(),
-                }),
-                rate_limited(free_in),
-            );
+            return Retry::rate_limited(free_in).sms();
         }
         let sent = self
             .twilio
@@ -361,50 +318,120 @@ impl Worker {
         info!(phone = %mask(&m.phone), attempt, ok = sent.is_ok(), "SMS send answered");
         match sent {
             Ok(rec) => accepted(rec.sid, &rec.status, false),
-            Err(CallError::Rejected {
+            Err(e) => match self.failure(e, attempt) {
+                Failure::Retry(r) => r.sms(),
+                Failure::Rejected {
+                    status,
+                    code,
+                    detail,
+                } => (
+                    Input::Sms(SmsResult::Rejected {
+                        code,
+                        detail: detail.clone(),
+                    }),
+                    serde_json::json!({ "status": status, "code": code, "error": detail }),
+                ),
+            },
+        }
+    }
+
+    /// What a failed call means for its message: a retry, after back-off,
+    /// or the end.
+    fn failure(&self, e: CallError, attempt: u32) -> Failure {
+        match e {
+            CallError::Rejected {
                 status,
                 code,
                 detail,
-            }) => (
-                Input::Sms(SmsResult::Rejected {
-                    code,
-                    detail: detail.clone(),
-                }),
-                serde_json::json!({ "status": status, "code": code, "error": detail }),
-            ),
-            Err(CallError::Retryable {
+            } => Failure::Rejected {
+                status,
+                code,
+                detail,
+            },
+            CallError::Retryable {
                 retry_after,
                 detail,
-            }) => {
-                let delay = self.retry_delay(attempt, retry_after);
-                (
-                    Input::Sms(SmsResult::Retry {
-                        delay,
-                        ambiguous: false,
-                        detail: detail.clone(),
-                    }),
-                    serde_json::json!({ "error": detail, "retry_in_ms": delay.as_millis() as u64 }),
-                )
-            }
-            Err(CallError::Ambiguous { detail }) => {
-                let delay = self.retry_delay(attempt, None);
-                (
-                    Input::Sms(SmsResult::Retry {
-                        delay,
-                        ambiguous: true,
-                        detail: detail.clone(),
-                    }),
-                    serde_json::json!({ "error": detail, "ambiguous": true, "retry_in_ms": delay.as_millis() as u64 }),
-                )
-            }
+            } => Failure::Retry(Retry {
+                delay: self.retry_delay(attempt, retry_after),
+                ambiguous: false,
+                detail,
+            }),
+            CallError::Ambiguous { detail } => Failure::Retry(Retry {
+                delay: self.retry_delay(attempt, None),
+                ambiguous: true,
+                detail,
+            }),
         }
     }
 }
 
-const RATE_LIMITED: &str = "rate limited: waiting for a slot";
+enum Failure {
+    Retry(Retry),
+    Rejected {
+        status: u16,
+        code: Option<u32>,
+        detail: String,
+    },
+}
 
-fn rate_limited(free_in: Duration) -> serde_json::Value {
-    serde_json::json!({ "error": RATE_LIMITED, "retry_in_ms": free_in.as_millis() as u64 })
+/// A step to try again after `delay`; `ambiguous` when the failed call may
+/// have taken effect.
+struct Retry {
+    delay: Duration,
+    ambiguous: bool,
+    detail: String,
+}
+
+impl Retry {
+    fn rate_limited(free_in: Duration) -> Retry {
+        Retry {
+            delay: free_in,
+            ambiguous: false,
+            detail: "rate limited: waiting for a slot".into(),
+        }
+    }
+
+    fn history(&self) -> serde_json::Value {
+        serde_json::json!({
+            "error": self.detail,
+            "ambiguous": self.ambiguous,
+            "retry_in_ms": self.delay.as_millis() as u64,
+        })
+    }
+
+    fn revoke(self) -> (Input, serde_json::Value) {
+        let history = self.history();
+        let Retry {
+            delay,
+            ambiguous,
+            detail,
+        } = self;
+        (
+            Input::Revoke(RevokeResult::Retry {
+                delay,
+                ambiguous,
+                detail,
+            }),
+            history,
+        )
+    }
+
+    fn sms(self) -> (Input, serde_json::Value) {
+        let history = self.history();
+        let Retry {
+            delay,
+            ambiguous,
+            detail,
+        } = self;
+        (
+            Input::Sms(SmsResult::Retry {
+                delay,
+                ambiguous,
+                detail,
+            }),
+            history,
+        )
+    }
 }
 
 fn accepted(sid: String, status: &str, reconciled: bool) -> (Input, serde_json::Value) {
