@@ -65,6 +65,11 @@ enum Command {
         #[arg(long, value_name = "SPEC")]
         faults: Option<String>,
     },
+    /// Measure throughput, latency, deadline precision, burst and memory
+    /// against the emulators and a real PostgreSQL, next to a pgbench
+    /// baseline, and print the figures with their targets (BENCHMARKS.md).
+    /// Build with --release: `cargo run --release -- bench`.
+    Bench(rbm_fallback::bench::Options),
 }
 
 fn main() -> std::process::ExitCode {
@@ -118,6 +123,7 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                 return Ok(std::process::ExitCode::FAILURE);
             }
         }
+        Command::Bench(opts) => rbm_fallback::bench::run(opts).await?,
         Command::Sandbox { demo, port } => {
             let ok = rbm_fallback::sandbox::run(
                 rbm_fallback::sandbox::Options { demo, port },

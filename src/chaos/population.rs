@@ -223,6 +223,9 @@ pub struct Tracked {
     pub message_id: String,
     pub phone: String,
     pub deadline: DateTime<Utc>,
+    /// When the agent sent the RCS, and when its registration was answered.
+    pub sent_at: DateTime<Utc>,
+    pub registered_at: DateTime<Utc>,
 }
 
 /// The service's base URLs; requests rotate over them, so that one replica
@@ -271,7 +274,8 @@ pub async fn register(
     rig.google.set_phone(&p.phone, p.class.phone(t));
     rig.twilio.set_recipient(&p.phone, p.class.recipient());
     let ttl = p.class.ttl(p.deadline_in, t);
-    let deadline = Utc::now() + chrono::TimeDelta::from_std(p.deadline_in)?;
+    let sent_at = Utc::now();
+    let deadline = sent_at + chrono::TimeDelta::from_std(p.deadline_in)?;
     rig.google.agent_send(&p.phone, &p.message_id, ttl);
     let body = json!({
         "phone": p.phone,
@@ -279,11 +283,13 @@ pub async fn register(
         "deadline": deadline.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
         "sms": { "body": format!("Your code is {}", &p.message_id[..8]) },
     });
-    let tracked = Tracked {
+    let mut tracked = Tracked {
         class: p.class,
         message_id: p.message_id.clone(),
         phone: p.phone.clone(),
         deadline,
+        sent_at,
+        registered_at: sent_at,
     };
     let give_up = tokio::time::Instant::now() + Duration::from_secs(120);
     let mut delay = Duration::from_millis(50);
@@ -293,7 +299,10 @@ pub async fn register(
         let url = format!("{}/v1/messages", endpoints.pick());
         let answer = api.post(&url).json(&body).send().await;
         match answer {
-            Ok(r) if r.status().as_u16() == 201 || r.status().as_u16() == 200 => break,
+            Ok(r) if r.status().as_u16() == 201 || r.status().as_u16() == 200 => {
+                tracked.registered_at = Utc::now();
+                break;
+            }
             Ok(r) if r.status().as_u16() == 422 && tries > 1 && Utc::now() >= deadline => {
                 return Ok(match read_one(api, endpoints, &p.message_id).await {
                     Some(_) => Registration::RepeatRefused(tracked),
@@ -467,7 +476,12 @@ pub struct Ground {
     undelivered_told: HashSet<String>,
     /// DELETEs per message.
     deletes: HashMap<String, Vec<Delete>>,
+    /// Webhook tries per message.
+    webhooks: HashMap<String, Vec<WebhookTry>>,
 }
+
+/// One try of a webhook: when, its event type, the status answered.
+type WebhookTry = (DateTime<Utc>, String, Option<u16>);
 
 /// One DELETE as Google saw it.
 struct Delete {
@@ -521,7 +535,15 @@ impl Ground {
                 lost: r.answer_lost,
             });
         }
+        let mut webhooks: HashMap<String, Vec<_>> = HashMap::new();
+        for a in rig.google.webhook_attempts() {
+            webhooks
+                .entry(a.message_id)
+                .or_default()
+                .push((a.at, a.event_type, a.status));
+        }
         Ground {
+            webhooks,
             sms_to,
             delivered_told,
             ttl_told,
@@ -764,6 +786,19 @@ pub fn describe(t: &Tracked, o: Option<&Observed>, g: &Ground, trouble: Trouble)
                     })
                     .unwrap_or_default()
             ));
+            let micros = |t: &DateTime<Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+            s.push_str(&format!(
+                "\n      {} (agent) RCS sent; registration answered at {}",
+                micros(&t.sent_at),
+                micros(&t.registered_at)
+            ));
+            for (at, kind, status) in g.webhooks.get(&t.message_id).into_iter().flatten() {
+                let status = status.map_or("no answer".to_owned(), |s| s.to_string());
+                let at = at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+                s.push_str(&format!(
+                    "\n      {at} (Google) {kind} webhook answered {status}"
+                ));
+            }
             for e in o
                 .resource
                 .get("events")

@@ -96,7 +96,7 @@ impl Scale {
         if quick {
             Scale {
                 timing: Timing {
-                    window: ms(1500),
+                    window: ms(2000),
                     deadline_min: ms(2500),
                     deadline_spread: ms(2000),
                     ttl_gap: ms(2000),
@@ -596,21 +596,22 @@ async fn crash(cfg: &Config, scale: &Scale) -> anyhow::Result<Vec<Report>> {
         s.rig.google.set_faults(google);
         s.rig.twilio.set_faults(twilio);
         let planned = s.plan(cfg.messages, 0, FULL_MIX);
-        let registering = s.register(planned, scale.register_over);
-        // Kills fall while messages are still being registered and while
-        // they fall due, one in each slot of that time.
-        let first = scale.timing.deadline_min * 3 / 4;
-        let active = scale.register_over + scale.timing.deadline_spread;
         let kills = cfg.kills.max(1);
-        let mut drains = Vec::new();
+        // Registrations go on through the kills, so that every kill finds
+        // work falling due, some registrations fail, and claims are held.
+        let over = (scale.register_over * kills as u32 / 2).max(scale.register_over);
+        let registering = s.register(planned, over);
+        tokio::time::sleep(scale.timing.deadline_min * 3 / 4).await;
+        let mut recovery = Duration::ZERO;
+        let mut undrained = 0;
+        let mut recoveries = Vec::new();
         let mut claims_at_kill = Vec::new();
         let mut backlogs = Vec::new();
-        let started = Instant::now();
-        for k in 0..kills {
-            let slot = active / kills as u32;
-            let at =
-                started + first + slot * k as u32 + rng_between(&mut s.rng, slot / 4, slot * 3 / 4);
-            tokio::time::sleep_until(at).await;
+        let mut downtimes = Vec::new();
+        for _ in 0..kills {
+            // A random moment, once the previous kill's backlog has drained.
+            let pause = rng_between(&mut s.rng, Duration::from_millis(200), scale.max_down);
+            tokio::time::sleep(pause).await;
             let backlog = monitor::backlog(&s.pool).await.unwrap_or_default();
             let claims = monitor::claims(&s.pool).await.unwrap_or_default();
             let seen_at = Utc::now();
@@ -621,25 +622,29 @@ async fn crash(cfg: &Config, scale: &Scale) -> anyhow::Result<Vec<Report>> {
             // From here a process may take the claims over (even before
             // /readyz says so).
             let restarted_at = Utc::now();
+            let restarting = Instant::now();
             s.procs[0].start()?;
             s.procs[0].wait_ready(Duration::from_secs(60)).await?;
+            downtimes.push(format!(
+                "{:.1}+{:.1}",
+                down.as_secs_f64(),
+                restarting.elapsed().as_secs_f64()
+            ));
             backlogs.push(backlog.len());
             claims_at_kill.push((claims, seen_at, restarted_at));
-            let pool = s.pool.clone();
-            drains.push(tokio::spawn(async move {
-                monitor::drained(&pool, backlog, killed, Duration::from_secs(180)).await
-            }));
+            match monitor::drained(&s.pool, backlog, killed, Duration::from_secs(120)).await {
+                Some(d) => {
+                    recovery = recovery.max(d);
+                    recoveries.push(format!("{:.1}", d.as_secs_f64()));
+                }
+                None => {
+                    undrained += 1;
+                    recoveries.push("-".into());
+                }
+            }
         }
         let (tracked, regs) = registering.await??.split();
         let settled = s.settle(scale.settle_limit).await;
-        let mut recovery = Duration::ZERO;
-        let mut undrained = 0;
-        for d in drains {
-            match d.await? {
-                Some(d) => recovery = recovery.max(d),
-                None => undrained += 1,
-            }
-        }
         let observed = s.observe(&tracked).await;
         let ground = Ground::collect(&s.rig);
         let trouble = Trouble {
@@ -672,9 +677,11 @@ async fn crash(cfg: &Config, scale: &Scale) -> anyhow::Result<Vec<Report>> {
             ));
         }
         r.notes.push(format!(
-            "{kills} SIGKILLs; open work at each kill: {backlogs:?} messages; claims held at \
-             each kill: {:?}",
+            "{kills} SIGKILLs; at each: open work {backlogs:?} messages, claims held {:?}, \
+             down+restart {} s, open work drained after {} s",
             claims_at_kill.iter().map(|c| c.0.len()).collect::<Vec<_>>(),
+            downtimes.join(", "),
+            recoveries.join(", "),
         ));
         all.judge(scale.crash_lease, &mut r);
         if undrained > 0 || !settled {

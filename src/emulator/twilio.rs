@@ -205,6 +205,10 @@ impl Drop for Busy {
 #[derive(Default)]
 struct Books {
     messages: Vec<StoredMessage>,
+    /// Where each sid sits in `messages`, so that a status step or a fetch
+    /// does not scan every message ever created (a benchmark burst creates
+    /// a hundred thousand).
+    by_sid: HashMap<String, usize>,
     recipients: HashMap<String, RecipientBehaviour>,
     faults: VecDeque<CreateFault>,
     create_requests: usize,
@@ -227,6 +231,12 @@ struct StoredMessage {
     date_sent: Option<DateTime<Utc>>,
     error_code: Option<u32>,
     num_segments: usize,
+}
+
+impl Books {
+    fn find(&self, sid: &str) -> Option<&StoredMessage> {
+        self.by_sid.get(sid).map(|&i| &self.messages[i])
+    }
 }
 
 impl Shared {
@@ -401,11 +411,7 @@ impl TwilioEmulator {
         let shared = &self.inner.shared;
         let (url, params) = {
             let st = shared.state();
-            let msg = st
-                .messages
-                .iter()
-                .find(|m| m.sms.sid == sid)
-                .ok_or_else(|| anyhow!("no message {sid}"))?;
+            let msg = st.find(sid).ok_or_else(|| anyhow!("no message {sid}"))?;
             let url = msg
                 .sms
                 .status_callback
@@ -802,6 +808,8 @@ fn handle_create(
             num_segments: num_segments(text),
         };
         let resource = message_json(&shared.account_sid, &stored);
+        let index = st.messages.len();
+        st.by_sid.insert(sid.clone(), index);
         st.messages.push(stored);
         (resource, sid, behaviour.steps())
     };
@@ -886,10 +894,9 @@ async fn fetch_message(
         return unauthorized();
     }
     let found = file.strip_suffix(".json").and_then(|sid| {
-        let st = shared.state();
-        st.messages
-            .iter()
-            .find(|m| m.sms.sid == sid)
+        shared
+            .state()
+            .find(sid)
             .map(|m| message_json(&shared.account_sid, m))
     });
     match found {
@@ -1160,9 +1167,10 @@ async fn walk_statuses(shared: Arc<Shared>, sid: String, steps: Vec<(&'static st
         let outgoing = {
             let mut guard = shared.state();
             let st = &mut *guard;
-            let Some(msg) = st.messages.iter_mut().find(|m| m.sms.sid == sid) else {
+            let Some(&at) = st.by_sid.get(&sid) else {
                 return;
             };
+            let msg = &mut st.messages[at];
             status.clone_into(&mut msg.sms.status);
             msg.date_updated = Utc::now().trunc_subsecs(0);
             msg.error_code = error_code;

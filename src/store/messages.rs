@@ -54,6 +54,12 @@ impl Store {
             Deadline::After(secs) => (None, Some(*secs)),
         };
         let mut tx = self.pool.begin().await?;
+        super::lock_message_key(
+            &mut tx,
+            &new.agent_id,
+            std::slice::from_ref(&new.message_id),
+        )
+        .await?;
         // ON CONFLICT DO NOTHING decides the race between two identical
         // registrations: exactly one inserts, the other sees the row.
         let created = sqlx::query_as!(
@@ -141,6 +147,8 @@ impl Store {
             digests.push(m.request_digest.clone());
         }
         let mut tx = self.pool.begin().await?;
+        // One agent per deployment: every item was validated against it.
+        super::lock_message_key(&mut tx, &batch[0].agent_id, &ids).await?;
         let created = sqlx::query_as!(
             MessageRow,
             r#"WITH input AS (

@@ -164,6 +164,28 @@ impl Store {
     }
 }
 
+/// Serialises, per agent and message id, the transactions that register a
+/// message and those that record Google's events about it: without it, a
+/// DELIVERED committing while the registration commits is seen by neither.
+/// Both sides take the same transaction-scoped advisory lock first.
+async fn lock_message_key(
+    conn: &mut PgConnection,
+    agent_id: &str,
+    message_ids: &[String],
+) -> Result<(), StoreError> {
+    // Sorted, so that two batches sharing ids cannot deadlock.
+    sqlx::query!(
+        "SELECT pg_advisory_xact_lock(k) FROM (
+             SELECT DISTINCT hashtextextended($1 || ':' || id, 0) AS k FROM UNNEST($2::text[]) AS id
+         ) AS keys ORDER BY k",
+        agent_id,
+        message_ids
+    )
+    .fetch_all(conn)
+    .await?;
+    Ok(())
+}
+
 /// A message as stored.
 #[derive(Clone, Debug)]
 pub struct MessageRow {

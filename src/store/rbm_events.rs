@@ -32,6 +32,9 @@ impl Store {
         policy: &Policy,
     ) -> Result<Ingested, StoreError> {
         let mut tx = self.pool.begin().await?;
+        if let Some(message_id) = event.message_id {
+            super::lock_message_key(&mut tx, event.agent_id, &[message_id.to_owned()]).await?;
+        }
         let fresh = sqlx::query_scalar!(
             "INSERT INTO rbm_events (agent_id, event_key, event_type, message_id, payload)
              VALUES ($1, $2, $3, $4, $5)

@@ -1,0 +1,327 @@
+//! The benchmark's database: created fresh for the run and dropped at the
+//! end; rows inserted straight with SQL where the figure is not about how
+//! they got there (the pending backlog, the burst, the webhook targets); and
+//! the pgbench baseline on the same database.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::Context;
+use chrono::{DateTime, Utc};
+use sqlx::postgres::PgPoolOptions;
+use sqlx::PgPool;
+
+/// The agent id the emulator gives the sandbox, as the service stores it.
+pub const AGENT: &str = "sandbox-agent";
+
+/// `server_url` (any database) with the database replaced by `name`.
+pub fn database_url(server_url: &str, name: &str) -> anyhow::Result<String> {
+    let mut url = reqwest::Url::parse(server_url).context("DATABASE_URL is not a URL")?;
+    url.set_path(&format!("/{name}"));
+    Ok(url.to_string())
+}
+
+pub async fn pool(url: &str) -> anyhow::Result<PgPool> {
+    PgPoolOptions::new()
+        .max_connections(4)
+        .acquire_timeout(Duration::from_secs(30))
+        .connect(url)
+        .await
+        .context("connecting to the benchmark database")
+}
+
+/// The phone of message `n`: distinct E.164 numbers.
+pub fn phone(n: u64) -> String {
+    format!("+1555{:07}", n % 10_000_000)
+}
+
+/// Inserts `count` pending messages named `{prefix}{n}` for n in
+/// `first..first+count`, straight into the table as a registration would
+/// leave them (without their `registered` history event), in chunks.
+/// Each row is due at `due` plus `step_us` microseconds per n (0: all
+/// share one deadline).
+pub async fn insert_pending(
+    pool: &PgPool,
+    prefix: &str,
+    first: u64,
+    count: u64,
+    due: DateTime<Utc>,
+    step_us: i64,
+) -> anyhow::Result<()> {
+    const CHUNK: u64 = 50_000;
+    let mut done = 0;
+    while done < count {
+        let n = CHUNK.min(count - done);
+        let from = (first + done) as i64;
+        let to = (first + done + n - 1) as i64;
+        sqlx::query(
+            "INSERT INTO messages (message_id, agent_id, phone, deadline, sms_body, request_digest,
+                                   state, outcome, due_at)
+             SELECT $1 || g, $2, '+1555' || lpad((g % 10000000)::text, 7, '0'), d,
+                    'Your code is ' || lpad((g % 1000000)::text, 6, '0'), '\\x00'::bytea,
+                    'pending', 'none', d
+             FROM generate_series($3::bigint, $4::bigint) AS g,
+                  LATERAL (SELECT $5::timestamptz + (g - $3) * $6::bigint * interval '1 microsecond' AS d) AS dl",
+        )
+        .bind(prefix)
+        .bind(AGENT)
+        .bind(from)
+        .bind(to)
+        .bind(due)
+        .bind(step_us)
+        .execute(pool)
+        .await
+        .context("inserting pending messages")?;
+        done += n;
+    }
+    Ok(())
+}
+
+/// Pending messages (state 'pending'), counted from the due-work index.
+pub async fn pending(pool: &PgPool) -> anyhow::Result<i64> {
+    Ok(
+        sqlx::query_scalar("SELECT count(*) FROM messages WHERE state = 'pending'")
+            .fetch_one(pool)
+            .await?,
+    )
+}
+
+/// The highest message row id so far (0 for none): rows created after this
+/// reading have larger ids.
+pub async fn max_id(pool: &PgPool) -> anyhow::Result<i64> {
+    Ok(
+        sqlx::query_scalar("SELECT COALESCE(max(id), 0)::bigint FROM messages")
+            .fetch_one(pool)
+            .await?,
+    )
+}
+
+/// Deletes the messages with row ids above `after` (and their history), then
+/// vacuums, so a scenario leaves the tables as it found them.
+pub async fn delete_after(pool: &PgPool, after: i64) -> anyhow::Result<()> {
+    sqlx::query("DELETE FROM messages WHERE id > $1")
+        .bind(after)
+        .execute(pool)
+        .await?;
+    vacuum(pool).await
+}
+
+/// Empties every table of the service.
+pub async fn truncate(pool: &PgPool) -> anyhow::Result<()> {
+    sqlx::query("TRUNCATE messages, message_events, rbm_events")
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+/// VACUUM ANALYZE of the service's tables, as autovacuum would do between
+/// bursts of churn (the server may run with autovacuum off).
+pub async fn vacuum(pool: &PgPool) -> anyhow::Result<()> {
+    for table in ["messages", "message_events", "rbm_events"] {
+        // VACUUM cannot run in a transaction: the simple protocol.
+        sqlx::raw_sql(&format!("VACUUM (ANALYZE) {table}"))
+            .execute(pool)
+            .await
+            .with_context(|| format!("VACUUM {table}"))?;
+    }
+    Ok(())
+}
+
+/// Messages with row id above `after`, by state.
+pub async fn states_after(pool: &PgPool, after: i64) -> anyhow::Result<Vec<(String, i64)>> {
+    Ok(sqlx::query_as(
+        "SELECT state, count(*) FROM messages WHERE id > $1 GROUP BY state ORDER BY state",
+    )
+    .bind(after)
+    .fetch_all(pool)
+    .await?)
+}
+
+/// (count, first, last) time of the history events of `kind` of messages
+/// with row id above `after`.
+pub async fn event_span(
+    pool: &PgPool,
+    after: i64,
+    kind: &str,
+) -> anyhow::Result<(i64, Option<DateTime<Utc>>, Option<DateTime<Utc>>)> {
+    Ok(sqlx::query_as(
+        "SELECT count(*), min(at), max(at) FROM message_events WHERE message_id > $1 AND kind = $2",
+    )
+    .bind(after)
+    .bind(kind)
+    .fetch_one(pool)
+    .await?)
+}
+
+pub async fn server_version(pool: &PgPool) -> String {
+    sqlx::query_scalar::<_, String>("SHOW server_version")
+        .fetch_one(pool)
+        .await
+        .unwrap_or_else(|_| "unknown".to_owned())
+}
+
+/// Server settings that shape commit cost, for the report.
+pub async fn settings(pool: &PgPool) -> String {
+    let rows: Vec<(String, String)> = sqlx::query_as(
+        "SELECT name, setting FROM pg_settings
+         WHERE name IN ('synchronous_commit', 'fsync', 'shared_buffers', 'autovacuum',
+                        'wal_level', 'commit_delay', 'max_connections')
+         ORDER BY name",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap_or_default();
+    rows.iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Finds pgbench on PATH, else in the usual Debian/Ubuntu server layout.
+pub fn find_pgbench() -> Option<PathBuf> {
+    if let Some(path) = std::env::var_os("PATH") {
+        for dir in std::env::split_paths(&path) {
+            let p = dir.join("pgbench");
+            if p.is_file() {
+                return Some(p);
+            }
+        }
+    }
+    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .ok()?
+        .flatten()
+        .filter_map(|e| {
+            let v = e.file_name().to_str()?.parse::<u32>().ok()?;
+            let p = e.path().join("bin").join("pgbench");
+            p.is_file().then_some((v, p))
+        })
+        .collect();
+    versions.sort();
+    versions.pop().map(|(_, p)| p)
+}
+
+pub const PGBENCH_MISSING: &str = "pgbench not found (looked on PATH and in \
+/usr/lib/postgresql/<version>/bin). Install it with your PostgreSQL client tools: \
+Debian/Ubuntu `apt-get install postgresql-contrib` (or the postgresql-<version> server \
+package, which ships it), Fedora/RHEL `dnf install postgresql-contrib`, macOS \
+`brew install postgresql`";
+
+/// What pgbench measured.
+#[derive(Clone, Debug)]
+pub struct PgbenchResult {
+    pub tps: f64,
+    pub latency_ms: f64,
+    pub transactions: u64,
+}
+
+/// Single-row INSERT transactions (`pgbench -n -f script -c C -j C -T secs`)
+/// into a table of their own in the benchmark database.
+pub async fn pgbench(
+    exe: &Path,
+    pool: &PgPool,
+    url: &str,
+    dir: &Path,
+    clients: usize,
+    secs: u64,
+) -> anyhow::Result<PgbenchResult> {
+    sqlx::query(
+        "CREATE TABLE IF NOT EXISTS bench_pgbench (
+             id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+             v  text        NOT NULL,
+             at timestamptz NOT NULL DEFAULT now())",
+    )
+    .execute(pool)
+    .await?;
+    let script = dir.join("pgbench-insert.sql");
+    std::fs::write(&script, "INSERT INTO bench_pgbench (v) VALUES ('x');\n")?;
+    let parsed = reqwest::Url::parse(url)?;
+    let mut cmd = tokio::process::Command::new(exe);
+    cmd.arg("-n")
+        .arg("-f")
+        .arg(&script)
+        .arg("-c")
+        .arg(clients.to_string())
+        .arg("-j")
+        .arg(clients.to_string())
+        .arg("-T")
+        .arg(secs.to_string())
+        .arg("-h")
+        .arg(parsed.host_str().unwrap_or("127.0.0.1"))
+        .arg("-p")
+        .arg(parsed.port().unwrap_or(5432).to_string())
+        .arg("-U")
+        .arg(if parsed.username().is_empty() {
+            "postgres"
+        } else {
+            parsed.username()
+        })
+        .arg(parsed.path().trim_start_matches('/'))
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    if let Some(pw) = parsed.password() {
+        cmd.env("PGPASSWORD", pw);
+    }
+    // The same transport as the service's connections (TLS or not).
+    for (k, v) in parsed.query_pairs() {
+        if k == "sslmode" {
+            cmd.env("PGSSLMODE", v.as_ref());
+        }
+    }
+    let out = tokio::time::timeout(Duration::from_secs(secs + 60), cmd.output())
+        .await
+        .context("pgbench did not finish")?
+        .context("running pgbench")?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    anyhow::ensure!(
+        out.status.success(),
+        "pgbench failed: {}{}",
+        stdout,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    parse_pgbench(&stdout).with_context(|| format!("cannot read pgbench's output:\n{stdout}"))
+}
+
+fn parse_pgbench(out: &str) -> anyhow::Result<PgbenchResult> {
+    let number_after = |prefix: &str| {
+        out.lines()
+            .find_map(|l| l.trim().strip_prefix(prefix))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|n| n.parse::<f64>().ok())
+    };
+    Ok(PgbenchResult {
+        tps: number_after("tps = ").context("no tps line")?,
+        latency_ms: number_after("latency average = ").unwrap_or(0.0),
+        transactions: number_after("number of transactions actually processed: ").unwrap_or(0.0)
+            as u64,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_pgbench_output() {
+        let out = "pgbench (15.20 (Debian 15.20-0+deb12u1))\n\
+                   transaction type: /tmp/x.sql\n\
+                   number of transactions actually processed: 21465\n\
+                   latency average = 3.666 ms\n\
+                   initial connection time = 109.652 ms\n\
+                   tps = 4363.870124 (without initial connection time)\n";
+        let r = parse_pgbench(out).unwrap();
+        assert!((r.tps - 4363.870124).abs() < 1e-6);
+        assert!((r.latency_ms - 3.666).abs() < 1e-9);
+        assert_eq!(r.transactions, 21465);
+    }
+
+    #[test]
+    fn urls_and_phones() {
+        assert_eq!(
+            database_url("postgres://u:p@127.0.0.1:5433/postgres", "rbmf_bench_x").unwrap(),
+            "postgres://u:p@127.0.0.1:5433/rbmf_bench_x"
+        );
+        assert_eq!(phone(42), "+15550000042");
+        assert_eq!(phone(12_345_678), "+15552345678");
+    }
+}
