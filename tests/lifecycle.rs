@@ -347,7 +347,10 @@ async fn a_crash_in_the_middle_of_a_revocation_loses_nothing_and_sends_one_sms()
         .iter()
         .filter(|e| e["kind"] == "revoke_attempt")
         .collect();
-    assert_eq!(attempts.len(), 2);
+    assert!(
+        attempts.len() >= 2,
+        "the claim was taken over after the crash"
+    );
     let not_found = events
         .iter()
         .find(|e| e["kind"] == "revoke_not_found")
@@ -376,7 +379,9 @@ async fn a_crash_during_the_sms_send_sends_exactly_one_sms() {
     h.wait_ready().await;
     let m = h.wait_state(&id, "sms_delivered").await;
     let attempts = kinds(&m).iter().filter(|k| *k == "sms_attempt").count();
-    assert_eq!(attempts, 2, "the claim was taken over after the crash");
+    // At least one more attempt took the claim over (a slow machine may
+    // need more: each looks at Twilio first); still one SMS.
+    assert!(attempts >= 2, "the claim was taken over after the crash");
     assert_eq!(h.sms_to(phone).await, 1);
 }
 
