@@ -128,6 +128,15 @@ pub async fn vacuum(pool: &PgPool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A checkpoint, so that a measurement after a bulk load does not pay for
+/// writing it out (and for the full-page images that follow a checkpoint
+/// started midway). Needs superuser rights; without them, skipped.
+pub async fn checkpoint(pool: &PgPool) {
+    if let Err(e) = sqlx::raw_sql("CHECKPOINT").execute(pool).await {
+        tracing::warn!(error = %e, "CHECKPOINT failed; measuring without it");
+    }
+}
+
 /// Messages with row id above `after`, by state.
 pub async fn states_after(pool: &PgPool, after: i64) -> anyhow::Result<Vec<(String, i64)>> {
     Ok(sqlx::query_as(

@@ -316,17 +316,26 @@ impl Bench {
                     say(&format!("  skipped: {}", db::PGBENCH_MISSING));
                 }
                 Some(exe) => {
-                    let s0 = self.probe.sample().await;
-                    let got = db::pgbench(
+                    // Measured while pgbench's connections are all open:
+                    // their CPU time cannot be told from others' once they
+                    // have exited.
+                    let secs = self.plan.duration.as_secs().max(4);
+                    let run = db::pgbench(
                         &exe,
                         &self.pool,
                         &self.rig.database_url,
                         self.rig.dir(),
                         self.plan.concurrency,
-                        self.plan.duration.as_secs(),
-                    )
-                    .await;
-                    let s1 = self.probe.sample().await;
+                        secs,
+                    );
+                    let probe = async {
+                        tokio::time::sleep(Duration::from_millis(1500)).await;
+                        let s0 = self.probe.sample().await;
+                        tokio::time::sleep(Duration::from_secs(secs) - Duration::from_secs(3))
+                            .await;
+                        (s0, self.probe.sample().await)
+                    };
+                    let (got, (s0, s1)) = tokio::join!(run, probe);
                     match got {
                         Ok(p) => {
                             say(&format!(
@@ -364,6 +373,7 @@ impl Bench {
             )
             .await?;
             db::vacuum(&self.pool).await?;
+            db::checkpoint(&self.pool).await;
             self.start_service(&[]).await?;
         }
         let p = small;
@@ -437,6 +447,7 @@ impl Bench {
             )
             .await?;
             db::vacuum(&self.pool).await?;
+            db::checkpoint(&self.pool).await;
             say(&format!(
                 "  done in {:.0} s",
                 started.elapsed().as_secs_f64()

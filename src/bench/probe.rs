@@ -1,10 +1,11 @@
 //! Where the time went during a measurement: CPU time of the service
 //! process, of PostgreSQL working for this run (the backends connected to
-//! the benchmark's database, the server's own background processes, and
-//! what the postmaster collected from backends that exited), of this process
-//! (load generator and emulators) and of everything else on the machine
-//! (including backends serving other databases on a shared server), read
-//! from /proc; and the database's commits and WAL flushes, read from
+//! the benchmark's database and the server's own background processes), of
+//! this process (load generator and emulators) and of everything else on
+//! the machine (including backends serving other databases on a shared
+//! server), read from /proc. Backends that exit between two readings are
+//! not counted anywhere but in the machine's total ("other"): on a shared
+//! server, that is mostly other people's short connections; and the database's commits and WAL flushes, read from
 //! PostgreSQL's statistics. Linux only; elsewhere the CPU figures are absent.
 
 use std::collections::HashMap;
@@ -171,8 +172,6 @@ struct ProcStat {
     ppid: u32,
     /// utime + stime.
     own: u64,
-    /// cutime + cstime: reaped children.
-    children: u64,
 }
 
 fn proc_stat(pid: &str) -> Option<ProcStat> {
@@ -188,7 +187,6 @@ fn proc_stat(pid: &str) -> Option<ProcStat> {
         comm,
         ppid: num(1)? as u32,
         own: num(11)? + num(12)?,
-        children: num(13)? + num(14)?,
     })
 }
 
@@ -196,11 +194,9 @@ fn proc_stat(pid: &str) -> Option<ProcStat> {
 #[derive(Default)]
 struct Procs {
     service: u64,
-    /// Every PostgreSQL process: the live ones, plus what the postmaster
-    /// collected from backends that have exited.
+    /// PostgreSQL processes but other databases' backends.
     postgres: u64,
-    /// This process, with what it collected from children that exited (the
-    /// pgbench run).
+    /// This process, and the pgbench it runs.
     bench: u64,
     others: HashMap<u32, (String, u64)>,
 }
@@ -212,7 +208,7 @@ impl Procs {
             return procs;
         };
         let me = std::process::id();
-        let mut pg = Vec::new();
+        let mut pg: Vec<(u32, ProcStat)> = Vec::new();
         for entry in dir.flatten() {
             let name = entry.file_name();
             let Some(pid) = name
@@ -227,8 +223,8 @@ impl Procs {
             };
             if Some(pid) == service {
                 procs.service = s.own;
-            } else if pid == me {
-                procs.bench = s.own + s.children;
+            } else if pid == me || (s.ppid == me && s.comm == "pgbench") {
+                procs.bench += s.own;
             } else if s.comm == "postgres" || s.comm == "postmaster" {
                 match backend_database(pid) {
                     Some(db) if db != database => {
@@ -239,21 +235,12 @@ impl Procs {
                     _ => pg.push((pid, s)),
                 }
             } else {
+                // Its own time only: a parent's count of reaped children
+                // jumps by a child's whole life when it ends.
                 procs.others.insert(pid, (s.comm, s.own));
             }
         }
-        let pids: Vec<u32> = pg.iter().map(|(p, _)| *p).collect();
-        procs.postgres = pg
-            .iter()
-            .map(|(_, s)| {
-                // The postmaster is the one whose parent is not PostgreSQL.
-                if pids.contains(&s.ppid) {
-                    s.own
-                } else {
-                    s.own + s.children
-                }
-            })
-            .sum();
+        procs.postgres = pg.iter().map(|(_, s)| s.own).sum();
         procs
     }
 }

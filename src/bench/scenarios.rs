@@ -295,6 +295,7 @@ impl Bench {
         )
         .await?;
         db::vacuum(&self.pool).await?;
+        db::checkpoint(&self.pool).await;
         let next = Arc::new(AtomicU64::new(0));
         let (api, url, google, run) = (
             self.api.clone(),
@@ -561,8 +562,9 @@ impl Bench {
         };
         let s0 = self.probe.sample().await;
         // Done when every message has its SMS accepted; bounded by a stall
-        // (no progress for a minute) and an overall limit.
-        let hard_limit = Instant::now() + Duration::from_secs(1200);
+        // (no history event written for a minute: the SMS stage may start
+        // only once every revoke is done) and an overall limit.
+        let hard_limit = Instant::now() + Duration::from_secs(1800);
         let mut last = (0i64, Instant::now());
         loop {
             tokio::time::sleep(Duration::from_millis(500)).await;
@@ -576,16 +578,21 @@ impl Bench {
             if done as u64 >= m {
                 break;
             }
-            if done > last.0 {
-                last = (done, Instant::now());
+            let events: i64 =
+                sqlx::query_scalar("SELECT COALESCE(max(id), 0)::bigint FROM message_events")
+                    .fetch_one(&self.pool)
+                    .await?;
+            if events > last.0 {
+                last = (events, Instant::now());
             } else if last.1.elapsed() > Duration::from_secs(60) {
                 notes.push(format!(
-                    "stalled at {done} of {m} SMS accepted; stopped waiting"
+                    "stalled at {done} of {m} SMS accepted (nothing happened for a minute); \
+                     stopped waiting"
                 ));
                 break;
             }
             if Instant::now() > hard_limit {
-                notes.push(format!("gave up after 20 minutes at {done} of {m}"));
+                notes.push(format!("gave up after 30 minutes at {done} of {m}"));
                 break;
             }
         }
