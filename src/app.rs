@@ -87,11 +87,11 @@ pub async fn run(
         shutdown.clone(),
     ));
 
-    let app = router(AppState {
-        store: store.clone(),
-        settings: settings.clone(),
-        policy: policy(&settings),
-    });
+    let app = router(AppState::new(
+        store.clone(),
+        settings.clone(),
+        policy(&settings),
+    ));
     let addr = listener.local_addr()?;
     info!(%addr, agent = %settings.rbm.agent_id, "rbm-fallback listening");
     // Requests in flight get the grace period to finish, then are dropped.

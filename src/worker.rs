@@ -25,7 +25,8 @@ use crate::domain::ratelimit::TokenBucket;
 use crate::domain::{Action, Input, Policy, RevokeResult, SmsResult, SmsStatus, Verdict};
 use crate::google::{RbmClient, Revoked};
 use crate::outbound::CallError;
-use crate::store::{Claimed, Store, DUE_CHANNEL};
+use crate::store::batch::Batcher;
+use crate::store::{Applied, Claimed, Store, WorkResult, DUE_CHANNEL};
 use crate::twilio::TwilioClient;
 
 pub struct Worker {
@@ -83,6 +84,7 @@ impl Worker {
         let wake = self.store.wake_handle();
         let listener = tokio::spawn(listen(self.store.clone(), wake.clone(), shutdown.clone()));
         let permits = Arc::new(Semaphore::new(self.settings.concurrency));
+        let recorder = recorder(self.store.clone(), self.policy, self.settings.batch_size);
         let mut db_backoff = Duration::from_millis(100);
         info!(concurrency = self.settings.concurrency, "scheduler started");
 
@@ -106,11 +108,11 @@ impl Worker {
                     db_backoff = Duration::from_millis(100);
                     let full = claims.len() == wanted;
                     for (claim, permit) in claims.into_iter().zip(held.drain(..)) {
-                        let me = self.clone();
+                        let (me, recorder) = (self.clone(), recorder.clone());
                         let span = tracing::info_span!("message", message_id = %claim.message.message_id, action = ?claim.action);
                         tokio::spawn(
                             async move {
-                                me.handle(claim).await;
+                                me.handle(claim, &recorder).await;
                                 drop(permit);
                             }
                             .instrument(span),
@@ -160,7 +162,7 @@ impl Worker {
     }
 
     /// Performs one claimed action and records its result.
-    pub async fn handle(&self, claim: Claimed) {
+    async fn handle(&self, claim: Claimed, recorder: &Recorder) {
         let attempt = claim.message.attempts.max(1) as u32;
         let (input, detail) = match claim.action {
             Action::Revoke { after_doubt } => self.revoke(&claim, attempt, after_doubt).await,
@@ -174,11 +176,13 @@ impl Worker {
         let mut delay = Duration::from_millis(50);
         let give_up = tokio::time::Instant::now() + self.settings.lease / 2;
         loop {
-            match self
-                .store
-                .record_result(&claim, &input, detail.clone(), &self.policy)
-                .await
-            {
+            let result = WorkResult {
+                id: claim.message.id,
+                token: claim.token,
+                input: input.clone(),
+                detail: detail.clone(),
+            };
+            match recorder.submit(result).await {
                 Ok(applied) => {
                     match &applied.verdict {
                         Verdict::Apply(step) => {
@@ -459,6 +463,17 @@ fn url_encode(s: &str) -> String {
             _ => format!("%{b:02X}"),
         })
         .collect()
+}
+
+/// Records workers' results in batches (group commit): under load one
+/// commit covers many messages; alone, a result is written at once.
+type Recorder = Batcher<WorkResult, Applied>;
+
+fn recorder(store: Store, policy: Policy, max_batch: usize) -> Recorder {
+    Batcher::start(max_batch, 2, move |results: Vec<WorkResult>| {
+        let store = store.clone();
+        async move { store.record_results(&results, &policy).await }
+    })
 }
 
 /// Forwards NOTIFYs from other replicas to the local scheduler. Reconnects

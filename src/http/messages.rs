@@ -304,7 +304,7 @@ pub async fn create(
             };
         }
     }
-    match state.store.register(&new, &state.policy).await? {
+    match state.writes.registrations.submit(new.clone()).await? {
         Registered::Created(m) => {
             tracing::info!(message_id = %m.message_id, deadline = %m.deadline, "registered");
             Ok((StatusCode::CREATED, with_history(&state, m).await?))

@@ -22,7 +22,8 @@ use tower_http::trace::TraceLayer;
 
 use crate::config::Settings;
 use crate::domain::Policy;
-use crate::store::Store;
+use crate::store::batch::Batcher;
+use crate::store::{Applied, Ingested, NewMessage, OutsideInput, RbmEvent, Registered, Store};
 use error::ApiError;
 use extract::BodyLimit;
 
@@ -31,6 +32,61 @@ pub struct AppState {
     pub store: Store,
     pub settings: Arc<Settings>,
     pub policy: Policy,
+    pub writes: Writes,
+}
+
+impl AppState {
+    pub fn new(store: Store, settings: Arc<Settings>, policy: Policy) -> AppState {
+        let writes = Writes::start(&store, policy);
+        AppState {
+            store,
+            settings,
+            policy,
+            writes,
+        }
+    }
+}
+
+/// The request handlers' writes, group-committed: concurrent requests share
+/// a transaction (and its WAL flush) instead of each paying for its own,
+/// which is what lets intake and webhooks keep up with PostgreSQL's commit
+/// rate. Each request is still answered only once its write is committed.
+#[derive(Clone)]
+pub struct Writes {
+    pub registrations: Batcher<NewMessage, Registered>,
+    pub rbm_events: Batcher<RbmEvent, Ingested>,
+    pub sms_statuses: Batcher<OutsideInput, Option<Applied>>,
+}
+
+/// Most requests written in one transaction, and batches in flight at once.
+const GROUP_MAX: usize = 256;
+const GROUP_FLUSHES: usize = 2;
+
+impl Writes {
+    fn start(store: &Store, policy: Policy) -> Writes {
+        let s = store.clone();
+        let registrations =
+            Batcher::start(GROUP_MAX, GROUP_FLUSHES, move |batch: Vec<NewMessage>| {
+                let s = s.clone();
+                async move { s.register_batch(&batch, &policy).await }
+            });
+        let s = store.clone();
+        let rbm_events = Batcher::start(GROUP_MAX, GROUP_FLUSHES, move |batch: Vec<RbmEvent>| {
+            let s = s.clone();
+            async move { s.ingest_rbm_events(&batch, &policy).await }
+        });
+        let s = store.clone();
+        let sms_statuses =
+            Batcher::start(GROUP_MAX, GROUP_FLUSHES, move |batch: Vec<OutsideInput>| {
+                let s = s.clone();
+                async move { s.apply_to_many(&batch, &policy).await }
+            });
+        Writes {
+            registrations,
+            rbm_events,
+            sms_statuses,
+        }
+    }
 }
 
 pub fn router(state: AppState) -> Router {

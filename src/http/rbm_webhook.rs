@@ -231,28 +231,29 @@ pub async fn receive(
         }
         Decoded::Event(event) => event,
     };
-    let event_type = event.event_type.as_str();
-    let message_id = event.message_id.as_deref();
+    let (event_type, message_id, event_key) = (
+        event.event_type.clone(),
+        event.message_id.clone(),
+        event.event_key.clone(),
+    );
     let ingested = state
-        .store
-        .ingest_rbm_event(
-            &RbmEvent {
-                agent_id: &event.agent_id,
-                event_key: &event.event_key,
-                event_type,
-                message_id,
-                payload: &event.payload,
-            },
-            event.input.as_ref(),
-            &state.policy,
-        )
+        .writes
+        .rbm_events
+        .submit(RbmEvent {
+            agent_id: event.agent_id,
+            event_key: event.event_key,
+            event_type: event.event_type,
+            message_id: event.message_id,
+            payload: event.payload,
+            input: event.input,
+        })
         .await?;
     match &ingested {
         Ingested::Applied(a) => {
             tracing::info!(event_type, message_id = ?message_id, state = %a.message.state, "Google event applied")
         }
         Ingested::Duplicate => {
-            tracing::debug!(event_type, event_key = %event.event_key, "duplicate Google event")
+            tracing::debug!(event_type, %event_key, "duplicate Google event")
         }
         Ingested::Recorded => tracing::debug!(event_type, "Google event recorded"),
     }

@@ -11,7 +11,7 @@ use super::messages::validate_message_id;
 use super::AppState;
 use crate::domain::{Input, SmsStatus};
 use crate::signature::twilio_verify;
-use crate::store::Caller;
+use crate::store::OutsideInput;
 
 pub async fn status(
     State(state): State<AppState>,
@@ -87,11 +87,16 @@ pub async fn status(
         sid: sid.to_owned(),
         status,
     };
-    match state
-        .store
-        .apply_to(&message_id, Caller::Outside, &input, detail, &state.policy)
-        .await?
-    {
+    let applied = state
+        .writes
+        .sms_statuses
+        .submit(OutsideInput {
+            message_id: message_id.clone(),
+            input,
+            detail,
+        })
+        .await?;
+    match applied {
         Some(applied) => {
             tracing::info!(%message_id, sid, status = status_text, state = %applied.message.state, "Twilio status applied")
         }

@@ -4,14 +4,17 @@
 //! share the work instead of queueing behind each other), step each one with
 //! the machine, store a fresh lease token and push `due_at` out by the lease,
 //! commit. The worker then calls Google or Twilio with no transaction open,
-//! and records the result with [`Store::record_result`], which the machine
+//! and records the result with [`Store::record_results`], which the machine
 //! discards as stale unless the row still carries the worker's token. A
 //! worker that dies simply lets `due_at` pass: the row is due again and the
 //! next claim treats the unanswered call as "in doubt".
+//!
+//! Both sides work in batches: a claim takes up to `limit` rows, and results
+//! that arrive together are recorded together, each batch with one commit.
 
 use uuid::Uuid;
 
-use super::transitions::{lock_by_id, Caller};
+use super::transitions::{lock_by_ids, Caller, Change};
 use super::{Applied, MessageRow, Store, StoreError};
 use crate::domain::{Action, Input, Policy, Verdict};
 
@@ -21,6 +24,15 @@ pub struct Claimed {
     pub message: MessageRow,
     pub action: Action,
     pub token: Uuid,
+}
+
+/// What a worker's call came to, for [`Store::record_results`].
+#[derive(Debug)]
+pub struct WorkResult {
+    pub id: i64,
+    pub token: Uuid,
+    pub input: Input,
+    pub detail: serde_json::Value,
 }
 
 impl Store {
@@ -38,54 +50,66 @@ impl Store {
         )
         .fetch_all(&mut *tx)
         .await?;
-        let mut claimed = Vec::with_capacity(rows.len());
-        for row in rows {
-            let attempt = row.attempts + 1;
-            let detail = serde_json::json!({ "attempt": attempt });
-            // A claim pushes due_at out by the lease: nothing to wake for.
-            let (applied, _) = self
-                .apply_locked(&mut tx, row, Caller::Outside, &Input::Claim, detail, policy)
-                .await?;
-            if let Verdict::Apply(step) = &applied.verdict {
-                if let (Some(action), Some(token)) = (step.action, applied.message.lease_token) {
-                    claimed.push(Claimed {
-                        message: applied.message,
-                        action,
-                        token,
-                    });
-                }
-            }
+        if rows.is_empty() {
+            tx.rollback().await?;
+            return Ok(Vec::new());
         }
+        let changes = rows
+            .iter()
+            .map(|row| Change {
+                id: row.id,
+                caller: Caller::Outside,
+                input: &Input::Claim,
+                detail: serde_json::json!({ "attempt": row.attempts + 1 }),
+            })
+            .collect();
+        // A claim pushes due_at out by the lease: nothing to wake for.
+        let (applied, _) = self
+            .apply_all(&mut tx, rows.clone(), changes, policy)
+            .await?;
         tx.commit().await?;
-        Ok(claimed)
+        Ok(applied
+            .into_iter()
+            .filter_map(|a| match a.verdict {
+                Verdict::Apply(step) => Some(Claimed {
+                    action: step.action?,
+                    token: a.message.lease_token?,
+                    message: a.message,
+                }),
+                _ => None,
+            })
+            .collect())
     }
 
-    /// Records what a worker's call came to. Stale when the claim has moved
-    /// on; the machine then only records the answer in the history.
-    pub async fn record_result(
+    /// Records what workers' calls came to, in one transaction. A result is
+    /// stale when its claim has moved on; the machine then only records the
+    /// answer in the history. Returns one [`Applied`] per result, in order.
+    pub async fn record_results(
         &self,
-        claim: &Claimed,
-        input: &Input,
-        detail: serde_json::Value,
+        results: &[WorkResult],
         policy: &Policy,
-    ) -> Result<Applied, StoreError> {
+    ) -> Result<Vec<Applied>, StoreError> {
+        let mut ids: Vec<i64> = results.iter().map(|r| r.id).collect();
+        ids.sort_unstable();
+        ids.dedup();
         let mut tx = self.pool.begin().await?;
-        let row = lock_by_id(&mut tx, claim.message.id)
-            .await?
-            .ok_or_else(|| StoreError::Corrupt {
-                id: claim.message.id,
+        let rows = lock_by_ids(&mut tx, &ids).await?;
+        if let Some(gone) = ids.iter().find(|id| !rows.iter().any(|r| r.id == **id)) {
+            return Err(StoreError::Corrupt {
+                id: *gone,
                 what: "claimed message vanished".into(),
-            })?;
-        let (applied, due_in) = self
-            .apply_locked(
-                &mut tx,
-                row,
-                Caller::Worker(claim.token),
-                input,
-                detail,
-                policy,
-            )
-            .await?;
+            });
+        }
+        let changes = results
+            .iter()
+            .map(|r| Change {
+                id: r.id,
+                caller: Caller::Worker(r.token),
+                input: &r.input,
+                detail: r.detail.clone(),
+            })
+            .collect();
+        let (applied, due_in) = self.apply_all(&mut tx, rows, changes, policy).await?;
         tx.commit().await?;
         self.poke(due_in);
         Ok(applied)

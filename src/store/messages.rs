@@ -4,7 +4,7 @@ use chrono::{DateTime, Utc};
 
 use sqlx::PgConnection;
 
-use super::transitions::Caller;
+use super::transitions::{Caller, Change};
 use super::{EventRow, MessageRow, Store, StoreError};
 use crate::domain::{Input, Policy};
 
@@ -54,9 +54,9 @@ impl Store {
             Deadline::After(secs) => (None, Some(*secs)),
         };
         let mut tx = self.pool.begin().await?;
-        super::lock_message_key(
+        super::lock_message_keys(
             &mut tx,
-            &new.agent_id,
+            std::slice::from_ref(&new.agent_id),
             std::slice::from_ref(&new.message_id),
         )
         .await?;
@@ -147,8 +147,7 @@ impl Store {
             digests.push(m.request_digest.clone());
         }
         let mut tx = self.pool.begin().await?;
-        // One agent per deployment: every item was validated against it.
-        super::lock_message_key(&mut tx, &batch[0].agent_id, &ids).await?;
+        super::lock_message_keys(&mut tx, &agents, &ids).await?;
         let created = sqlx::query_as!(
             MessageRow,
             r#"WITH input AS (
@@ -262,26 +261,41 @@ impl Store {
         if early.is_empty() {
             return Ok(rows);
         }
-        let mut out = Vec::with_capacity(rows.len());
-        for mut row in rows {
-            let (id, ours) = (row.message_id.clone(), row.agent_id == agent);
-            for event in early.iter().filter(|e| ours && e.message_id == id) {
-                let Some(input) = Input::from_rbm_event(&event.event_type) else {
-                    continue;
-                };
-                let detail = serde_json::json!({
+        let mut changes = Vec::new();
+        let mut inputs = Vec::new();
+        for event in &early {
+            let Some(row) = rows
+                .iter()
+                .find(|r| r.agent_id == agent && r.message_id == event.message_id)
+            else {
+                continue;
+            };
+            if let Some(input) = Input::from_rbm_event(&event.event_type) {
+                inputs.push((row.id, input, event));
+            }
+        }
+        for (id, input, event) in &inputs {
+            changes.push(Change {
+                id: *id,
+                caller: Caller::Outside,
+                input,
+                detail: serde_json::json!({
                     "event_id": event.payload.get("eventId"),
                     "send_time": event.payload.get("sendTime"),
                     "note": "reported before the message was registered",
-                });
-                let (applied, _) = self
-                    .apply_locked(conn, row, Caller::Outside, &input, detail, policy)
-                    .await?;
-                row = applied.message;
-            }
-            out.push(row);
+                }),
+            });
         }
-        Ok(out)
+        let (applied, _) = self.apply_all(conn, rows.clone(), changes, policy).await?;
+        // The last change to each row holds its final form.
+        let mut last: std::collections::HashMap<i64, MessageRow> = applied
+            .into_iter()
+            .map(|a| (a.message.id, a.message))
+            .collect();
+        Ok(rows
+            .into_iter()
+            .map(|r| last.remove(&r.id).unwrap_or(r))
+            .collect())
     }
 
     pub async fn get(&self, message_id: &str) -> Result<Option<MessageRow>, StoreError> {

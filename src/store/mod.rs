@@ -3,6 +3,7 @@
 //! appends the event to the history. Queries are checked at compile time
 //! against the schema (offline data in `.sqlx/`).
 
+pub mod batch;
 mod claims;
 mod messages;
 mod rbm_events;
@@ -21,11 +22,11 @@ use uuid::Uuid;
 use crate::config::DatabaseSettings;
 use crate::domain::{Facts, SmsStatus, State};
 
-pub use claims::Claimed;
+pub use claims::{Claimed, WorkResult};
 pub use messages::{Deadline, ListPage, NewMessage, Registered};
 pub use rbm_events::{Ingested, RbmEvent};
 pub use retention::Pruned;
-pub use transitions::{Applied, Caller};
+pub use transitions::{Applied, Caller, OutsideInput};
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
@@ -41,12 +42,18 @@ pub enum StoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("row {id} holds an unreadable value: {what}")]
     Corrupt { id: i64, what: String },
+    /// The failure of a whole batch, shared by each of its requests.
+    #[error("{0}")]
+    Batch(Arc<StoreError>),
 }
 
 impl StoreError {
     /// Failures a retry may cure: the database is unreachable, restarting or
     /// out of connections, as opposed to a bug or a broken row.
     pub fn is_unavailable(&self) -> bool {
+        if let StoreError::Batch(e) = self {
+            return e.is_unavailable();
+        }
         matches!(
             self,
             StoreError::Database(
@@ -168,17 +175,21 @@ impl Store {
 /// message and those that record Google's events about it: without it, a
 /// DELIVERED committing while the registration commits is seen by neither.
 /// Both sides take the same transaction-scoped advisory lock first.
-async fn lock_message_key(
+async fn lock_message_keys(
     conn: &mut PgConnection,
-    agent_id: &str,
+    agent_ids: &[String],
     message_ids: &[String],
 ) -> Result<(), StoreError> {
+    if message_ids.is_empty() {
+        return Ok(());
+    }
     // Sorted, so that two batches sharing ids cannot deadlock.
     sqlx::query!(
         "SELECT pg_advisory_xact_lock(k) FROM (
-             SELECT DISTINCT hashtextextended($1 || ':' || id, 0) AS k FROM UNNEST($2::text[]) AS id
+             SELECT DISTINCT hashtextextended(agent || ':' || id, 0) AS k
+             FROM UNNEST($1::text[], $2::text[]) AS t(agent, id)
          ) AS keys ORDER BY k",
-        agent_id,
+        agent_ids,
         message_ids
     )
     .fetch_all(conn)

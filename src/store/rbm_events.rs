@@ -1,18 +1,24 @@
 //! Google's webhook events: recorded and applied in one transaction, before
 //! Google gets its 200, so an event is never acknowledged and then lost.
+//! Events that arrive together are written together (see [`super::batch`]).
 
-use super::transitions::{lock_by_message_id, Caller};
-use super::{Applied, Store, StoreError};
+use std::collections::{HashMap, HashSet};
+
+use super::transitions::{lock_by_message_ids, Caller, Change};
+use super::{Applied, MessageRow, Store, StoreError};
 use crate::domain::{Input, Policy};
 
-pub struct RbmEvent<'a> {
+#[derive(Debug)]
+pub struct RbmEvent {
     /// Bare agent id.
-    pub agent_id: &'a str,
+    pub agent_id: String,
     /// The deduplication key: the eventId, or for user messages their messageId.
-    pub event_key: &'a str,
-    pub event_type: &'a str,
-    pub message_id: Option<&'a str>,
-    pub payload: &'a serde_json::Value,
+    pub event_key: String,
+    pub event_type: String,
+    pub message_id: Option<String>,
+    pub payload: serde_json::Value,
+    /// What the event means for the message it names, if anything.
+    pub input: Option<Input>,
 }
 
 #[derive(Debug)]
@@ -25,54 +31,109 @@ pub enum Ingested {
 }
 
 impl Store {
-    pub async fn ingest_rbm_event(
+    /// Records `events` and applies those that concern a tracked message, in
+    /// one transaction; answers each, in order.
+    pub async fn ingest_rbm_events(
         &self,
-        event: &RbmEvent<'_>,
-        input: Option<&Input>,
+        events: &[RbmEvent],
         policy: &Policy,
-    ) -> Result<Ingested, StoreError> {
+    ) -> Result<Vec<Ingested>, StoreError> {
         let mut tx = self.pool.begin().await?;
-        if let Some(message_id) = event.message_id {
-            super::lock_message_key(&mut tx, event.agent_id, &[message_id.to_owned()]).await?;
-        }
-        let fresh = sqlx::query_scalar!(
-            "INSERT INTO rbm_events (agent_id, event_key, event_type, message_id, payload)
-             VALUES ($1, $2, $3, $4, $5)
-             ON CONFLICT (agent_id, event_key) DO NOTHING
-             RETURNING true",
-            event.agent_id,
-            event.event_key,
-            event.event_type,
-            event.message_id,
-            event.payload,
+        let (agents, ids): (Vec<String>, Vec<String>) = events
+            .iter()
+            .filter_map(|e| Some((e.agent_id.clone(), e.message_id.clone()?)))
+            .unzip();
+        super::lock_message_keys(&mut tx, &agents, &ids).await?;
+        let fresh: HashSet<(String, String)> = sqlx::query!(
+            r#"INSERT INTO rbm_events (agent_id, event_key, event_type, message_id, payload)
+               SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::jsonb[])
+               ON CONFLICT (agent_id, event_key) DO NOTHING
+               RETURNING agent_id, event_key"#,
+            &events
+                .iter()
+                .map(|e| e.agent_id.clone())
+                .collect::<Vec<_>>(),
+            &events
+                .iter()
+                .map(|e| e.event_key.clone())
+                .collect::<Vec<_>>(),
+            &events
+                .iter()
+                .map(|e| e.event_type.clone())
+                .collect::<Vec<_>>(),
+            &events
+                .iter()
+                .map(|e| e.message_id.clone())
+                .collect::<Vec<_>>() as &[Option<String>],
+            &events.iter().map(|e| e.payload.clone()).collect::<Vec<_>>(),
         )
-        .fetch_optional(&mut *tx)
-        .await?;
-        if fresh.is_none() {
-            tx.rollback().await?;
-            return Ok(Ingested::Duplicate);
-        }
-        let (Some(input), Some(message_id)) = (input, event.message_id) else {
-            tx.commit().await?;
-            return Ok(Ingested::Recorded);
+        .fetch_all(&mut *tx)
+        .await?
+        .into_iter()
+        .map(|r| (r.agent_id, r.event_key))
+        .collect();
+        // A redelivery within the same batch is a duplicate of the first.
+        let mut seen = HashSet::new();
+        let is_fresh: Vec<bool> = events
+            .iter()
+            .map(|e| {
+                let key = (e.agent_id.clone(), e.event_key.clone());
+                fresh.contains(&key) && seen.insert(key)
+            })
+            .collect();
+        let wanted: Vec<String> = events
+            .iter()
+            .zip(&is_fresh)
+            .filter(|(e, fresh)| **fresh && e.input.is_some())
+            .filter_map(|(e, _)| e.message_id.clone())
+            .collect();
+        let rows = if wanted.is_empty() {
+            Vec::new()
+        } else {
+            lock_by_message_ids(&mut tx, &wanted).await?
         };
-        let row = match lock_by_message_id(&mut tx, message_id).await? {
+        let by_id: HashMap<&str, &MessageRow> =
+            rows.iter().map(|r| (r.message_id.as_str(), r)).collect();
+        let mut changes = Vec::new();
+        let mut targets = Vec::with_capacity(events.len());
+        for (e, fresh) in events.iter().zip(&is_fresh) {
             // Message ids are per agent: another agent's id is not ours.
-            Some(row) if row.agent_id == event.agent_id => row,
-            _ => {
-                tx.commit().await?;
-                return Ok(Ingested::Recorded);
+            let target = match (fresh, &e.input, &e.message_id) {
+                (true, Some(input), Some(id)) => by_id
+                    .get(id.as_str())
+                    .filter(|row| row.agent_id == e.agent_id)
+                    .map(|row| (row.id, input)),
+                _ => None,
+            };
+            if let Some((id, input)) = target {
+                changes.push(Change {
+                    id,
+                    caller: Caller::Outside,
+                    input,
+                    detail: serde_json::json!({
+                        "event_id": e.payload.get("eventId"),
+                        "send_time": e.payload.get("sendTime"),
+                    }),
+                });
             }
-        };
-        let detail = serde_json::json!({
-            "event_id": event.payload.get("eventId"),
-            "send_time": event.payload.get("sendTime"),
-        });
+            targets.push(target.is_some());
+        }
         let (applied, due_in) = self
-            .apply_locked(&mut tx, row, Caller::Outside, input, detail, policy)
+            .apply_all(&mut tx, rows.clone(), changes, policy)
             .await?;
         tx.commit().await?;
         self.poke(due_in);
-        Ok(Ingested::Applied(Box::new(applied)))
+        let mut applied = applied.into_iter();
+        Ok(is_fresh
+            .into_iter()
+            .zip(targets)
+            .map(|(fresh, target)| match (fresh, target) {
+                (false, _) => Ingested::Duplicate,
+                (true, false) => Ingested::Recorded,
+                (true, true) => {
+                    Ingested::Applied(Box::new(applied.next().expect("one applied per change")))
+                }
+            })
+            .collect())
     }
 }

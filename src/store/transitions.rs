@@ -1,13 +1,20 @@
-//! Applying one input to one message: lock the row, ask the state machine,
-//! store the step and append the event, all in the caller's transaction.
+//! Applying inputs to messages: lock the rows, ask the state machine, store
+//! the steps and append the events, all in the caller's transaction.
+//!
+//! Everything goes through [`Store::apply_all`], which takes any number of
+//! inputs (several may concern one message; they apply in order) and writes
+//! them with a fixed number of statements: one INSERT for every history
+//! event and one UPDATE for every changed row. A batch of results then costs
+//! PostgreSQL one commit, not one per message.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use sqlx::PgConnection;
 use uuid::Uuid;
 
 use super::{MessageRow, Store, StoreError};
-use crate::domain::{self, Due, Input, Lease, Outcome, Policy, Step, Verdict};
+use crate::domain::{self, Due, Input, Lease, Outcome, Policy, Verdict};
 
 /// Who applies an input; decides what "a claim is in flight" means.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -25,6 +32,58 @@ pub struct Applied {
     pub message: MessageRow,
 }
 
+/// An input from outside (the API, a webhook) for the message with this
+/// API id.
+#[derive(Debug)]
+pub struct OutsideInput {
+    pub message_id: String,
+    pub input: Input,
+    pub detail: serde_json::Value,
+}
+
+/// One input for one locked message.
+pub(super) struct Change<'a> {
+    pub id: i64,
+    pub caller: Caller,
+    pub input: &'a Input,
+    pub detail: serde_json::Value,
+}
+
+/// A message's stored fields after every change in a batch, and when its
+/// next step falls due (`Due::Keep` when no step said).
+struct Pending {
+    row: MessageRow,
+    due: Due,
+    dirty: bool,
+}
+
+/// History events to append, as parallel arrays for one UNNEST.
+#[derive(Default)]
+struct Events {
+    ids: Vec<i64>,
+    kinds: Vec<String>,
+    before: Vec<Option<String>>,
+    after: Vec<String>,
+    details: Vec<String>,
+}
+
+impl Events {
+    fn push(
+        &mut self,
+        id: i64,
+        kind: &str,
+        before: Option<&str>,
+        after: &str,
+        detail: serde_json::Value,
+    ) {
+        self.ids.push(id);
+        self.kinds.push(kind.to_owned());
+        self.before.push(before.map(str::to_owned));
+        self.after.push(after.to_owned());
+        self.details.push(detail.to_string());
+    }
+}
+
 impl Store {
     /// Applies `input` to the message with this API id, in its own transaction.
     /// `None` when no such message exists.
@@ -40,47 +99,155 @@ impl Store {
         let Some(row) = lock_by_message_id(&mut tx, message_id).await? else {
             return Ok(None);
         };
-        let (applied, due_in) = self
-            .apply_locked(&mut tx, row, caller, input, detail, policy)
+        let change = Change {
+            id: row.id,
+            caller,
+            input,
+            detail,
+        };
+        let (mut applied, due_in) = self
+            .apply_all(&mut tx, vec![row], vec![change], policy)
             .await?;
         tx.commit().await?;
         self.poke(due_in);
-        Ok(Some(applied))
+        Ok(applied.pop())
     }
 
-    /// Applies `input` to a message already locked in `conn`'s transaction.
-    /// Returns when its next step falls due, for the caller to wake the
-    /// scheduler once committed.
-    pub(super) async fn apply_locked(
+    /// Applies inputs from outside to the messages they name, in order, in
+    /// one transaction; `None` for an input naming no message.
+    pub async fn apply_to_many(
+        &self,
+        inputs: &[OutsideInput],
+        policy: &Policy,
+    ) -> Result<Vec<Option<Applied>>, StoreError> {
+        let names: Vec<String> = inputs.iter().map(|i| i.message_id.clone()).collect();
+        let mut tx = self.pool.begin().await?;
+        let rows = lock_by_message_ids(&mut tx, &names).await?;
+        let ids: HashMap<&str, i64> = rows.iter().map(|r| (r.message_id.as_str(), r.id)).collect();
+        let targets: Vec<Option<i64>> = inputs
+            .iter()
+            .map(|i| ids.get(i.message_id.as_str()).copied())
+            .collect();
+        let changes = inputs
+            .iter()
+            .zip(&targets)
+            .filter_map(|(i, id)| {
+                Some(Change {
+                    id: (*id)?,
+                    caller: Caller::Outside,
+                    input: &i.input,
+                    detail: i.detail.clone(),
+                })
+            })
+            .collect();
+        let (applied, due_in) = self
+            .apply_all(&mut tx, rows.clone(), changes, policy)
+            .await?;
+        tx.commit().await?;
+        self.poke(due_in);
+        let mut applied = applied.into_iter();
+        Ok(targets
+            .into_iter()
+            .map(|t| t.and_then(|_| applied.next()))
+            .collect())
+    }
+
+    /// Applies `changes`, in order, to `rows` (locked in `conn`'s
+    /// transaction; a change whose row is not among them is a bug). Returns
+    /// one [`Applied`] per change, and how soon the earliest step it
+    /// scheduled falls due, for the caller to wake the scheduler once
+    /// committed.
+    pub(super) async fn apply_all(
         &self,
         conn: &mut PgConnection,
-        row: MessageRow,
-        caller: Caller,
-        input: &Input,
-        detail: serde_json::Value,
+        rows: Vec<MessageRow>,
+        changes: Vec<Change<'_>>,
         policy: &Policy,
-    ) -> Result<(Applied, Option<Duration>), StoreError> {
-        let facts = row.facts(caller)?;
-        let verdict = domain::apply(&facts, input, policy);
-        let (message, due_in) = match &verdict {
-            Verdict::Apply(step) => {
-                let new_token = (step.lease == Lease::Take).then(Uuid::new_v4);
-                let message = write_step(conn, &row, step, new_token, detail).await?;
-                let due_in = match step.due {
-                    Due::In(d) => Some(d),
-                    _ => None,
-                };
-                self.announce(conn, due_in).await?;
-                (message, due_in)
+    ) -> Result<(Vec<Applied>, Option<Duration>), StoreError> {
+        let mut pending: HashMap<i64, Pending> = rows
+            .into_iter()
+            .map(|row| {
+                (
+                    row.id,
+                    Pending {
+                        row,
+                        due: Due::Keep,
+                        dirty: false,
+                    },
+                )
+            })
+            .collect();
+        let mut events = Events::default();
+        let mut applied = Vec::with_capacity(changes.len());
+        let mut soonest: Option<Duration> = None;
+        for change in changes {
+            let p = pending
+                .get_mut(&change.id)
+                .ok_or_else(|| StoreError::Corrupt {
+                    id: change.id,
+                    what: "a change for a row that was not locked".into(),
+                })?;
+            let row = &mut p.row;
+            let verdict = domain::apply(&row.facts(change.caller)?, change.input, policy);
+            match &verdict {
+                Verdict::Apply(step) => {
+                    // The event first: its time then precedes the start of
+                    // any wait the step schedules, so the history shows waits
+                    // at their full length.
+                    events.push(
+                        row.id,
+                        step.event,
+                        Some(&row.state),
+                        step.state.as_str(),
+                        with_note(change.detail, step.note),
+                    );
+                    let state_changed = step.state.as_str() != row.state;
+                    row.attempts = if state_changed { 0 } else { row.attempts }
+                        + i32::from(step.lease == Lease::Take);
+                    row.state = step.state.as_str().to_owned();
+                    row.outcome = Outcome::of(step.state, step.rcs_delivered)
+                        .as_str()
+                        .to_owned();
+                    row.rcs_delivered = step.rcs_delivered;
+                    row.rcs_inferred = step.rcs_inferred;
+                    row.in_doubt = step.in_doubt;
+                    row.sms_sid = step.sms_sid.clone();
+                    row.sms_status = step.sms_status.map(|s| s.as_str().to_owned());
+                    row.lease_token = match step.lease {
+                        Lease::Take => Some(Uuid::new_v4()),
+                        Lease::Release => None,
+                        Lease::Keep => row.lease_token,
+                    };
+                    if step.due != Due::Keep {
+                        p.due = step.due;
+                    }
+                    if let Due::In(d) = step.due {
+                        soonest = Some(soonest.map_or(d, |s| s.min(d)));
+                    }
+                    p.dirty = true;
+                }
+                Verdict::Record { event, note } => {
+                    let detail = with_note(change.detail, Some(note));
+                    events.push(row.id, event, Some(&row.state), &row.state, detail);
+                }
+                Verdict::Refuse { .. } => {}
             }
-            Verdict::Record { event, note } => {
-                let detail = with_note(detail, Some(note));
-                append_event(conn, row.id, event, Some(&row.state), &row.state, detail).await?;
-                (row, None)
+            applied.push(Applied {
+                verdict,
+                message: p.row.clone(),
+            });
+        }
+        append_events(conn, events).await?;
+        let stored = update_rows(conn, pending.into_values().filter(|p| p.dirty)).await?;
+        // What the database set (due time, update time) is what callers see.
+        for a in &mut applied {
+            if let Some(row) = stored.get(&a.message.id) {
+                a.message.due_at = row.due_at;
+                a.message.updated_at = row.updated_at;
             }
-            Verdict::Refuse { .. } => (row, None),
-        };
-        Ok((Applied { verdict, message }, due_in))
+        }
+        self.announce(conn, soonest).await?;
+        Ok((applied, soonest))
     }
 }
 
@@ -97,16 +264,32 @@ pub(super) async fn lock_by_message_id(
     .await?)
 }
 
-pub(super) async fn lock_by_id(
+/// Locks the rows with these API ids, in id order so that two batches
+/// cannot deadlock.
+pub(super) async fn lock_by_message_ids(
     conn: &mut PgConnection,
-    id: i64,
-) -> Result<Option<MessageRow>, StoreError> {
+    message_ids: &[String],
+) -> Result<Vec<MessageRow>, StoreError> {
     Ok(sqlx::query_as!(
         MessageRow,
-        "SELECT * FROM messages WHERE id = $1 FOR UPDATE",
-        id
+        "SELECT * FROM messages WHERE message_id = ANY($1) ORDER BY id FOR UPDATE",
+        message_ids
     )
-    .fetch_optional(conn)
+    .fetch_all(conn)
+    .await?)
+}
+
+/// Locks these rows, in id order so that two batches cannot deadlock.
+pub(super) async fn lock_by_ids(
+    conn: &mut PgConnection,
+    ids: &[i64],
+) -> Result<Vec<MessageRow>, StoreError> {
+    Ok(sqlx::query_as!(
+        MessageRow,
+        "SELECT * FROM messages WHERE id = ANY($1) ORDER BY id FOR UPDATE",
+        ids
+    )
+    .fetch_all(conn)
     .await?)
 }
 
@@ -122,80 +305,117 @@ fn with_note(detail: serde_json::Value, note: Option<&str>) -> serde_json::Value
     }
 }
 
-/// Stores a step and appends its event. `new_token` is the claim taken by a
-/// worker (with [`Lease::Take`]).
-pub(super) async fn write_step(
+/// Stores the final fields of every changed row in one statement; returns
+/// them as stored, by id.
+async fn update_rows(
     conn: &mut PgConnection,
-    row: &MessageRow,
-    step: &Step,
-    new_token: Option<Uuid>,
-    detail: serde_json::Value,
-) -> Result<MessageRow, StoreError> {
-    let (due_mode, due_ms) = match step.due {
-        Due::Never => ("never", 0i64),
-        Due::In(d) => ("in", i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
-        Due::Keep => ("keep", 0),
-    };
-    let lease_mode = match step.lease {
-        Lease::Take => "take",
-        Lease::Release => "release",
-        Lease::Keep => "keep",
-    };
-    let state_changed = step.state.as_str() != row.state;
-    let outcome = Outcome::of(step.state, step.rcs_delivered);
-    // The event first: its time then precedes the start of any wait the
-    // step schedules, so the history shows waits at their full length.
-    append_event(
-        conn,
-        row.id,
-        step.event,
-        Some(&row.state),
-        step.state.as_str(),
-        with_note(detail, step.note),
-    )
-    .await?;
+    rows: impl Iterator<Item = Pending>,
+) -> Result<HashMap<i64, MessageRow>, StoreError> {
+    let mut ids = Vec::new();
+    let mut states = Vec::new();
+    let mut outcomes = Vec::new();
+    let mut delivered = Vec::new();
+    let mut inferred = Vec::new();
+    let mut doubt = Vec::new();
+    let mut sids: Vec<Option<String>> = Vec::new();
+    let mut statuses: Vec<Option<String>> = Vec::new();
+    let mut due_modes = Vec::new();
+    let mut due_ms = Vec::new();
+    let mut tokens: Vec<Option<Uuid>> = Vec::new();
+    let mut attempts = Vec::new();
+    for Pending { row, due, .. } in rows {
+        let (mode, ms) = match due {
+            Due::Never => ("never", 0i64),
+            Due::In(d) => ("in", i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
+            Due::Keep => ("keep", 0),
+        };
+        ids.push(row.id);
+        states.push(row.state);
+        outcomes.push(row.outcome);
+        delivered.push(row.rcs_delivered);
+        inferred.push(row.rcs_inferred);
+        doubt.push(row.in_doubt);
+        sids.push(row.sms_sid);
+        statuses.push(row.sms_status);
+        due_modes.push(mode.to_owned());
+        due_ms.push(ms);
+        tokens.push(row.lease_token);
+        attempts.push(row.attempts);
+    }
+    if ids.is_empty() {
+        return Ok(HashMap::new());
+    }
     let updated = sqlx::query_as!(
         MessageRow,
-        r#"UPDATE messages SET
-               state = $2,
-               outcome = $3,
-               rcs_delivered = $4,
-               in_doubt = $5,
-               sms_sid = $6,
-               sms_status = $7,
-               due_at = CASE $8::text
+        r#"UPDATE messages AS m SET
+               state = u.state,
+               outcome = u.outcome,
+               rcs_delivered = u.rcs_delivered,
+               rcs_inferred = u.rcs_inferred,
+               in_doubt = u.in_doubt,
+               sms_sid = u.sms_sid,
+               sms_status = u.sms_status,
+               due_at = CASE u.due_mode
                    WHEN 'never' THEN NULL
-                   WHEN 'in' THEN clock_timestamp() + $9::bigint * interval '1 millisecond'
-                   ELSE due_at END,
-               lease_token = CASE $10::text
-                   WHEN 'take' THEN $11::uuid
-                   WHEN 'release' THEN NULL
-                   ELSE lease_token END,
-               attempts = (CASE WHEN $12 THEN 0 ELSE attempts END)
-                          + (CASE WHEN $10::text = 'take' THEN 1 ELSE 0 END),
-               updated_at = now(),
-               rcs_inferred = $13
-           WHERE id = $1
-           RETURNING *"#,
-        row.id,
-        step.state.as_str(),
-        outcome.as_str(),
-        step.rcs_delivered,
-        step.in_doubt,
-        step.sms_sid.as_deref(),
-        step.sms_status.map(|s| s.as_str()),
-        due_mode,
-        due_ms,
-        lease_mode,
-        new_token,
-        state_changed,
-        step.rcs_inferred,
+                   WHEN 'in' THEN clock_timestamp() + u.due_ms * interval '1 millisecond'
+                   ELSE m.due_at END,
+               lease_token = u.lease_token,
+               attempts = u.attempts,
+               updated_at = now()
+           FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::bool[], $5::bool[], $6::bool[],
+                       $7::text[], $8::text[], $9::text[], $10::bigint[], $11::uuid[], $12::int[])
+                AS u(id, state, outcome, rcs_delivered, rcs_inferred, in_doubt,
+                     sms_sid, sms_status, due_mode, due_ms, lease_token, attempts)
+           WHERE m.id = u.id
+           RETURNING m.id AS "id!", m.message_id AS "message_id!", m.agent_id AS "agent_id!",
+                     m.phone AS "phone!", m.deadline AS "deadline!", m.sms_body AS "sms_body!",
+                     m.sms_from, m.metadata, m.request_digest AS "request_digest!",
+                     m.state AS "state!", m.outcome AS "outcome!",
+                     m.rcs_delivered AS "rcs_delivered!", m.in_doubt AS "in_doubt!",
+                     m.attempts AS "attempts!", m.due_at, m.lease_token, m.sms_sid, m.sms_status,
+                     m.created_at AS "created_at!", m.updated_at AS "updated_at!",
+                     m.rcs_inferred AS "rcs_inferred!""#,
+        &ids,
+        &states,
+        &outcomes,
+        &delivered,
+        &inferred,
+        &doubt,
+        &sids as &[Option<String>],
+        &statuses as &[Option<String>],
+        &due_modes,
+        &due_ms,
+        &tokens as &[Option<Uuid>],
+        &attempts,
     )
-    .fetch_one(&mut *conn)
+    .fetch_all(&mut *conn)
     .await?;
-    Ok(updated)
+    Ok(updated.into_iter().map(|r| (r.id, r)).collect())
 }
 
+async fn append_events(conn: &mut PgConnection, e: Events) -> Result<(), StoreError> {
+    if e.ids.is_empty() {
+        return Ok(());
+    }
+    // UNNEST yields rows in array order, so event ids follow the order in
+    // which the inputs applied.
+    sqlx::query!(
+        "INSERT INTO message_events (message_id, kind, state_before, state_after, detail)
+         SELECT id, kind, before, after, detail::jsonb
+         FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[])
+              AS t(id, kind, before, after, detail)",
+        &e.ids,
+        &e.kinds,
+        &e.before as &[Option<String>],
+        &e.after,
+        &e.details,
+    )
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Appends one event outside the machine (a registration).
 pub(super) async fn append_event(
     conn: &mut PgConnection,
     id: i64,
@@ -204,16 +424,7 @@ pub(super) async fn append_event(
     state_after: &str,
     detail: serde_json::Value,
 ) -> Result<(), StoreError> {
-    sqlx::query!(
-        "INSERT INTO message_events (message_id, kind, state_before, state_after, detail)
-         VALUES ($1, $2, $3, $4, $5)",
-        id,
-        kind,
-        state_before,
-        state_after,
-        detail,
-    )
-    .execute(conn)
-    .await?;
-    Ok(())
+    let mut e = Events::default();
+    e.push(id, kind, state_before, state_after, detail);
+    append_events(conn, e).await
 }
