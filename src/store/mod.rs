@@ -5,6 +5,7 @@
 
 mod claims;
 mod messages;
+mod operations;
 mod rbm_events;
 mod retention;
 mod transitions;
@@ -23,6 +24,7 @@ use crate::domain::{Facts, SmsStatus, State};
 
 pub use claims::Claimed;
 pub use messages::{Deadline, ListPage, NewMessage, Registered};
+pub use operations::{LastHour, Overview, StuckRow};
 pub use rbm_events::{Ingested, RbmEvent};
 pub use retention::Pruned;
 pub use transitions::{Applied, Caller};
