@@ -29,8 +29,14 @@ SELECT id,
            WHEN in_doubt THEN 'in_doubt'
            ELSE 'overdue'
        END AS reason,
-       -- How long it has been waiting: past its due time, or since Twilio took it.
-       EXTRACT(EPOCH FROM now() - COALESCE(due_at, updated_at))::float8 AS waiting_secs
+       -- How long it has been waiting: past its due time (overdue), past its
+       -- deadline (in doubt: its retries keep moving the due time), or since
+       -- Twilio took the SMS.
+       EXTRACT(EPOCH FROM now() - CASE
+           WHEN due_at IS NULL THEN updated_at
+           WHEN in_doubt THEN deadline
+           ELSE due_at
+       END)::float8 AS waiting_secs
 FROM messages
 WHERE (due_at IS NOT NULL AND due_at < now() - interval '1 minute')
    OR (due_at IS NOT NULL AND in_doubt)

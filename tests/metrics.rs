@@ -239,6 +239,8 @@ async fn in_doubt_messages_are_listed_as_stuck_until_settled() {
     assert_eq!(m["in_doubt"], true);
     assert_eq!(m["phone"], phone);
     assert!(m["attempts"].as_i64().unwrap() >= 1);
+    // Past its deadline, which is what matters while its retries go on.
+    assert!(m["waiting_secs"].as_f64().unwrap() > 0.0, "{m}");
 
     let text = scrape_until(&h.url("/metrics"), "the stuck message", |t| {
         v(t, "rbmf_stuck_messages") == 1.0

@@ -45,7 +45,7 @@ fn render(agent: &str, o: &Overview, h: &LastHour, stuck: &[StuckRow]) -> String
 body{{font:14px/1.4 system-ui,sans-serif;margin:24px;color:#1d2430;background:#f6f7f9}}
 h1{{font-size:20px;margin:0 0 4px}} h2{{font-size:16px;margin:24px 0 8px}}
 .sub{{color:#5b6473}} .tiles{{display:flex;flex-wrap:wrap;gap:12px;margin-top:16px}}
-.tile{{background:#fff;border:1px solid #dde1e7;border-radius:6px;padding:10px 14px;min-width:150px}}
+.tile{{background:#fff;border:1px solid #dde1e7;border-radius:6px;padding:10px 14px;min-width:120px}}
 .tile b{{display:block;font-size:22px}} .tile span{{color:#5b6473}}
 .warn b{{color:#b3261e}}
 table{{border-collapse:collapse;background:#fff;border:1px solid #dde1e7}}
@@ -54,7 +54,7 @@ th:first-child,td:first-child{{text-align:left}} thead th{{background:#eef1f5}}
 td.id{{font-family:ui-monospace,monospace;text-align:left}}
 </style></head><body>
 <h1>rbm-fallback</h1>
-<div class="sub">agent <b>{agent}</b> · as of {now} · reloads every {REFRESH_SECS} s</div>
+<div class="sub">agent <b>{agent}</b> · as of {now} · reloads every {REFRESH_SECS} s · "1 h": the last hour, from the history</div>
 "#,
         agent = esc(agent),
     );
@@ -71,13 +71,13 @@ td.id{{font-family:ui-monospace,monospace;text-align:left}}
     tile(&mut p, "stuck", &o.stuck.to_string(), o.stuck > 0);
     tile(
         &mut p,
-        "revokes answered, last hour",
+        "revokes answered, 1 h",
         &h.revokes.to_string(),
         false,
     );
     tile(
         &mut p,
-        "deadline lateness p50 / p99, last hour",
+        "lateness p50 / p99, 1 h",
         &format!(
             "{} / {}",
             h.lateness_p50.map(secs).unwrap_or_else(|| "–".into()),
@@ -95,12 +95,7 @@ td.id{{font-family:ui-monospace,monospace;text-align:left}}
     } else {
         "–".into()
     };
-    tile(
-        &mut p,
-        "duplicates (outcome both), last hour",
-        &rate,
-        h.duplicates > 0,
-    );
+    tile(&mut p, "duplicates (both), 1 h", &rate, h.duplicates > 0);
     p.push_str("</div>\n");
 
     // Messages by state and outcome.
