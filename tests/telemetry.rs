@@ -16,7 +16,7 @@ use rbm_fallback::config::TelemetrySettings;
 struct Export {
     path: String,
     content_type: String,
-    bytes: usize,
+    body: Vec<u8>,
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -35,7 +35,7 @@ async fn spans_are_exported_over_otlp_http() {
                 sink.lock().unwrap().push(Export {
                     path: uri.path().to_owned(),
                     content_type,
-                    bytes: body.len(),
+                    body: body.to_vec(),
                 });
                 ""
             }
@@ -67,21 +67,27 @@ async fn spans_are_exported_over_otlp_http() {
         tokio::task::spawn_blocking(move || t.flush())
             .await
             .unwrap();
+        // Protobuf keeps strings as they are: the message span's id
+        // attribute shows in the bytes.
         if let Some(e) = received
             .lock()
             .unwrap()
             .iter()
-            .find(|e| e.path == "/v1/traces")
+            .find(|e| e.path == "/v1/traces" && contains(&e.body, id.as_bytes()))
         {
             break e.clone();
         }
         assert!(
             tokio::time::Instant::now() < give_up,
-            "no export arrived: {:?}",
-            received.lock().unwrap()
+            "no export with the message's span arrived ({} exports)",
+            received.lock().unwrap().len()
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     assert_eq!(export.content_type, "application/x-protobuf");
-    assert!(export.bytes > 0);
+    assert!(contains(&export.body, b"rbm-fallback-test"), "service.name");
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
 }
