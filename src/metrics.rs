@@ -308,35 +308,35 @@ impl Metrics {
     /// older than a second. If the database cannot be read, the last figures
     /// stay and `rbmf_database_up` is 0.
     pub async fn render(&self, store: &Store) -> String {
-        {
-            let mut last = self.0.last_read.lock().await;
-            if last.is_none_or(|at| at.elapsed() >= DB_READ_TTL) {
-                match store.overview().await {
-                    Ok(o) => {
-                        self.0.messages.clear();
-                        let mut duplicates = 0;
-                        for (state, outcome, n) in o.counts {
-                            if outcome == "both" {
-                                duplicates += n;
-                            }
-                            self.0
-                                .messages
-                                .get_or_create(&StateLabels { state, outcome })
-                                .set(n);
+        // Encoding under the lock too: another scrape's refresh clears the
+        // per-state gauges before setting them again.
+        let mut last = self.0.last_read.lock().await;
+        if last.is_none_or(|at| at.elapsed() >= DB_READ_TTL) {
+            match store.overview().await {
+                Ok(o) => {
+                    self.0.messages.clear();
+                    let mut duplicates = 0;
+                    for (state, outcome, n) in o.counts {
+                        if outcome == "both" {
+                            duplicates += n;
                         }
-                        self.0.duplicates.set(duplicates);
-                        self.0.due_depth.set(o.due_depth);
-                        self.0.oldest_due.set(o.oldest_due_secs.unwrap_or(0.0));
-                        self.0.stuck.set(o.stuck);
-                        self.0.database_up.set(1);
+                        self.0
+                            .messages
+                            .get_or_create(&StateLabels { state, outcome })
+                            .set(n);
                     }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "cannot read the database figures for /metrics");
-                        self.0.database_up.set(0);
-                    }
+                    self.0.duplicates.set(duplicates);
+                    self.0.due_depth.set(o.due_depth);
+                    self.0.oldest_due.set(o.oldest_due_secs.unwrap_or(0.0));
+                    self.0.stuck.set(o.stuck);
+                    self.0.database_up.set(1);
                 }
-                *last = Some(Instant::now());
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read the database figures for /metrics");
+                    self.0.database_up.set(0);
+                }
             }
+            *last = Some(Instant::now());
         }
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.0.registry)
