@@ -70,10 +70,12 @@ pub async fn run(
         TokenSource::from_key_file(&settings.rbm.service_account_key, settings.rbm.timeout)
             .await
             .context("RBMF_RBM_SERVICE_ACCOUNT_KEY")?;
+    let metrics = crate::metrics::Metrics::new();
     let worker = Arc::new(Worker {
         store: store.clone(),
-        rbm: RbmClient::new(&settings.rbm, tokens),
-        twilio: TwilioClient::new(&settings.twilio),
+        rbm: RbmClient::new(&settings.rbm, tokens).with_metrics(metrics.clone()),
+        twilio: TwilioClient::new(&settings.twilio).with_metrics(metrics.clone()),
+        metrics: metrics.clone(),
         policy: policy(&settings),
         settings: settings.worker.clone(),
         public_url: settings.server.public_url.clone(),
@@ -87,11 +89,25 @@ pub async fn run(
         shutdown.clone(),
     ));
 
-    let app = router(AppState::new(
+    let state = AppState::new(
         store.clone(),
         settings.clone(),
         policy(&settings),
-    ));
+        metrics,
+    );
+    if let Some(addr) = settings.metrics.listen {
+        let operator = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr} (RBMF__METRICS__LISTEN)"))?;
+        info!(%addr, "metrics and dashboard listening");
+        tokio::spawn(serve(
+            operator,
+            crate::http::operator_router(state.clone()),
+            settings.server.header_timeout,
+            shutdown.clone(),
+        ));
+    }
+    let app = router(state);
     let addr = listener.local_addr()?;
     info!(%addr, agent = %settings.rbm.agent_id, "rbm-fallback listening");
     // Requests in flight get the grace period to finish, then are dropped.

@@ -18,6 +18,7 @@ const ENV_NAMES: &[(&str, &str, &str)] = &[
     ("RBMF_PUBLIC_URL", "server", "public_url"),
     ("RBMF_API_TOKEN", "server", "api_tokens"),
     ("DATABASE_URL", "database", "url"),
+    ("OTEL_EXPORTER_OTLP_ENDPOINT", "telemetry", "otlp_endpoint"),
     ("RBMF_RBM_AGENT_ID", "rbm", "agent_id"),
     ("RBMF_RBM_CLIENT_TOKEN", "rbm", "client_token"),
     ("RBMF_RBM_BASE_URL", "rbm", "base_url"),
@@ -75,6 +76,22 @@ pub struct Settings {
     pub fallback: FallbackSettings,
     pub worker: WorkerSettings,
     pub retention: RetentionSettings,
+    pub metrics: MetricsSettings,
+    pub telemetry: TelemetrySettings,
+}
+
+#[derive(Clone, Debug)]
+pub struct MetricsSettings {
+    /// A listener of their own for /metrics and /dashboard; `None`: the
+    /// main listener serves them.
+    pub listen: Option<SocketAddr>,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct TelemetrySettings {
+    /// OTLP/HTTP base URL; traces go to `<base>/v1/traces`. `None`: no export.
+    pub otlp_endpoint: Option<String>,
+    pub service_name: String,
 }
 
 #[derive(Clone, Debug)]
@@ -167,6 +184,18 @@ impl Settings {
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Settings, ConfigError> {
         let raw: Raw = deserialize(layered(file, env)?, None)?;
+        raw.validate()
+    }
+
+    /// Only the telemetry settings: logging is set up before anything else
+    /// is loaded.
+    pub fn load_telemetry(file: Option<&Path>) -> Result<TelemetrySettings, ConfigError> {
+        let mut tree = layered(file, &|name| std::env::var(name).ok())?;
+        let raw: RawTelemetry = deserialize(
+            tree.remove("telemetry")
+                .unwrap_or_else(|| toml::Table::new().into()),
+            Some("telemetry"),
+        )?;
         raw.validate()
     }
 
@@ -321,6 +350,34 @@ struct Raw {
     fallback: RawFallback,
     worker: RawWorker,
     retention: RawRetention,
+    metrics: RawMetrics,
+    telemetry: RawTelemetry,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMetrics {
+    listen: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTelemetry {
+    otlp_endpoint: String,
+    service_name: String,
+}
+
+impl RawTelemetry {
+    fn validate(&self) -> Result<TelemetrySettings, ConfigError> {
+        let otlp_endpoint = match self.otlp_endpoint.trim() {
+            "" => None,
+            v => Some(http_url("telemetry", "otlp_endpoint", v)?),
+        };
+        Ok(TelemetrySettings {
+            otlp_endpoint,
+            service_name: required("telemetry", "service_name", &self.service_name)?,
+        })
+    }
 }
 
 #[derive(Deserialize)]
@@ -666,6 +723,20 @@ impl Raw {
             sweep_batch: r.sweep_batch,
         };
 
+        let metrics = MetricsSettings {
+            listen: match self.metrics.listen.trim() {
+                "" => None,
+                v => Some(v.parse::<SocketAddr>().map_err(|_| {
+                    invalid(
+                        "metrics",
+                        "listen",
+                        format!("expected host:port such as 127.0.0.1:9090, got {v:?}"),
+                    )
+                })?),
+            },
+        };
+        let telemetry = self.telemetry.validate()?;
+
         Ok(Settings {
             server,
             database,
@@ -674,6 +745,8 @@ impl Raw {
             fallback,
             worker,
             retention,
+            metrics,
+            telemetry,
         })
     }
 }

@@ -8,6 +8,7 @@ use reqwest::StatusCode;
 use tokio::sync::{Mutex, RwLock};
 
 use crate::config::RbmSettings;
+use crate::metrics::Metrics;
 use crate::outbound::{retry_after, CallError};
 
 pub const RBM_SCOPE: &str = "https://www.googleapis.com/auth/rcsbusinessmessaging";
@@ -30,6 +31,7 @@ pub struct TokenSource {
     auth: yup_oauth2::authenticator::DefaultAuthenticator,
     cached: RwLock<Option<(Arc<str>, Instant)>>,
     refreshing: Mutex<()>,
+    metrics: Metrics,
 }
 
 impl TokenSource {
@@ -53,6 +55,7 @@ impl TokenSource {
             auth,
             cached: RwLock::new(None),
             refreshing: Mutex::new(()),
+            metrics: Metrics::default(),
         })
     }
 
@@ -65,6 +68,21 @@ impl TokenSource {
         if let Some(token) = self.fresh().await {
             return Ok(token);
         }
+        let started = Instant::now();
+        let refreshed = self.request().await;
+        self.metrics.token_refresh(refreshed.is_ok(), started);
+        let (value, lifetime) = refreshed?;
+        let expires = Instant::now() + lifetime;
+        *self.cached.write().await = Some((value.clone(), expires));
+        tracing::info!(
+            valid_for_secs = lifetime.as_secs(),
+            "obtained a Google access token"
+        );
+        Ok(value)
+    }
+
+    /// One request to the token endpoint: the token and how long it lasts.
+    async fn request(&self) -> Result<(Arc<str>, Duration), GoogleError> {
         let t = self
             .auth
             .force_refreshed_token(&[RBM_SCOPE])
@@ -83,13 +101,7 @@ impl TokenSource {
                 Duration::from_secs(secs.max(0) as u64)
             })
             .unwrap_or(Duration::from_secs(3600));
-        let expires = Instant::now() + lifetime;
-        *self.cached.write().await = Some((value.clone(), expires));
-        tracing::info!(
-            valid_for_secs = lifetime.as_secs(),
-            "obtained a Google access token"
-        );
-        Ok(value)
+        Ok((value, lifetime))
     }
 
     /// Forgets the cached token after Google refused it.
@@ -121,6 +133,7 @@ pub struct RbmClient {
     http: reqwest::Client,
     base_url: String,
     tokens: TokenSource,
+    metrics: Metrics,
 }
 
 impl RbmClient {
@@ -130,11 +143,32 @@ impl RbmClient {
             http,
             base_url: settings.base_url.clone(),
             tokens,
+            metrics: Metrics::default(),
         }
+    }
+
+    /// Counts calls and token refreshes in `metrics` rather than in a
+    /// registry of their own.
+    pub fn with_metrics(mut self, metrics: Metrics) -> RbmClient {
+        self.tokens.metrics = metrics.clone();
+        self.metrics = metrics;
+        self
     }
 
     /// `DELETE /v1/phones/{phone}/agentMessages/{id}?agentId={agent}`.
     pub async fn revoke(
+        &self,
+        agent_id: &str,
+        phone: &str,
+        message_id: &str,
+    ) -> Result<Revoked, CallError> {
+        let started = Instant::now();
+        let result = self.delete(agent_id, phone, message_id).await;
+        self.metrics.outbound("google", "revoke", started, &result);
+        result
+    }
+
+    async fn delete(
         &self,
         agent_id: &str,
         phone: &str,

@@ -8,6 +8,7 @@ use reqwest::StatusCode;
 use serde::Deserialize;
 
 use crate::config::{Secret, SmsSender, TwilioSettings};
+use crate::metrics::Metrics;
 use crate::outbound::{retry_after, CallError};
 
 /// Clock skew allowed between us and Twilio when matching a message created
@@ -26,6 +27,7 @@ pub struct TwilioClient {
     account_sid: String,
     auth_token: Secret,
     sender: SmsSender,
+    metrics: Metrics,
 }
 
 #[derive(Deserialize)]
@@ -63,11 +65,31 @@ impl TwilioClient {
             account_sid: settings.account_sid.clone(),
             auth_token: settings.auth_token.clone(),
             sender: settings.sender.clone(),
+            metrics: Metrics::default(),
         }
+    }
+
+    /// Counts calls in `metrics` rather than in a registry of their own.
+    pub fn with_metrics(mut self, metrics: Metrics) -> TwilioClient {
+        self.metrics = metrics;
+        self
     }
 
     /// Creates the message. `from` overrides the configured sender.
     pub async fn send(
+        &self,
+        to: &str,
+        body: &str,
+        from: Option<&str>,
+        status_callback: &str,
+    ) -> Result<SmsRecord, CallError> {
+        let started = std::time::Instant::now();
+        let result = self.create(to, body, from, status_callback).await;
+        self.metrics.outbound("twilio", "send", started, &result);
+        result
+    }
+
+    async fn create(
         &self,
         to: &str,
         body: &str,
@@ -102,6 +124,18 @@ impl TwilioClient {
     /// Looks for a message to `to` with this body created since `since`: the
     /// trace of an earlier attempt whose answer never reached us.
     pub async fn find(
+        &self,
+        to: &str,
+        body: &str,
+        since: DateTime<Utc>,
+    ) -> Result<Option<SmsRecord>, CallError> {
+        let started = std::time::Instant::now();
+        let result = self.list(to, body, since).await;
+        self.metrics.outbound("twilio", "find", started, &result);
+        result
+    }
+
+    async fn list(
         &self,
         to: &str,
         body: &str,

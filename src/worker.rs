@@ -38,6 +38,7 @@ pub struct Worker {
     /// Base of the StatusCallback URLs given to Twilio.
     pub public_url: String,
     pub limits: Limits,
+    pub metrics: crate::metrics::Metrics,
 }
 
 /// Outbound rate limits: one token bucket per agent (RBM API) and per
@@ -236,6 +237,7 @@ impl Worker {
             return Retry::rate_limited(free_in).revoke();
         }
         let result = self.rbm.revoke(&m.agent_id, &m.phone, &m.message_id).await;
+        self.metrics.revocation(&result, m.deadline);
         let (input, detail) = match result {
             Ok(Revoked::Ok) => (
                 Input::Revoke(RevokeResult::Revoked),
@@ -283,6 +285,7 @@ impl Worker {
             match self.twilio.find(&m.phone, &m.sms_body, m.created_at).await {
                 Ok(Some(found)) => {
                     info!(sid = %found.sid, "an earlier attempt had sent the SMS");
+                    self.metrics.sms_result("found_earlier");
                     return accepted(found.sid, &found.status, true);
                 }
                 Ok(None) if !may_send => {
@@ -319,6 +322,7 @@ impl Worker {
             .twilio
             .send(&m.phone, &m.sms_body, m.sms_from.as_deref(), &callback)
             .await;
+        self.metrics.sms(&sent);
         info!(phone = %mask(&m.phone), attempt, ok = sent.is_ok(), "SMS send answered");
         match sent {
             Ok(rec) => accepted(rec.sid, &rec.status, false),

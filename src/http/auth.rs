@@ -14,23 +14,52 @@ pub async fn require_token(
     req: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
-    let presented = req
-        .headers()
+    match bearer(&req) {
+        Some(presented) if is_api_token(&state, presented) => Ok(next.run(req).await),
+        _ => Err(ApiError::Unauthorized),
+    }
+}
+
+/// As [`require_token`], also accepting the token as `?token=`: a browser
+/// opening the dashboard cannot send a bearer header.
+pub async fn require_token_or_query(
+    State(state): State<AppState>,
+    req: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    let from_query = req.uri().query().and_then(|q| {
+        serde_urlencoded::from_str::<Vec<(String, String)>>(q)
+            .ok()?
+            .into_iter()
+            .find(|(k, _)| k == "token")
+            .map(|(_, v)| v)
+    });
+    let ok = match (bearer(&req), from_query.as_deref()) {
+        (Some(t), _) | (None, Some(t)) => is_api_token(&state, t),
+        (None, None) => false,
+    };
+    if ok {
+        Ok(next.run(req).await)
+    } else {
+        Err(ApiError::Unauthorized)
+    }
+}
+
+fn bearer(req: &Request) -> Option<&str> {
+    req.headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         // The scheme name is case-insensitive (RFC 9110).
         .and_then(|v| v.split_once(' '))
         .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
         .map(|(_, token)| token.trim())
-        .ok_or(ApiError::Unauthorized)?;
+}
+
+fn is_api_token(state: &AppState, presented: &str) -> bool {
     // Compare against every token, so timing does not tell which one matched.
     let mut ok = false;
     for token in &state.settings.server.api_tokens {
         ok |= secret_eq(presented, token.expose());
     }
-    if ok {
-        Ok(next.run(req).await)
-    } else {
-        Err(ApiError::Unauthorized)
-    }
+    ok
 }

@@ -425,11 +425,11 @@ pub async fn list(
 }
 
 // Opaque to clients, so the ordering key can change without breaking them.
-fn encode_cursor(id: i64) -> String {
+pub(super) fn encode_cursor(id: i64) -> String {
     B64URL.encode(format!("v1:{id}"))
 }
 
-fn decode_cursor(c: &str) -> Option<i64> {
+pub(super) fn decode_cursor(c: &str) -> Option<i64> {
     let raw = B64URL.decode(c).ok()?;
     std::str::from_utf8(&raw)
         .ok()?

@@ -3,9 +3,12 @@
 //! format.
 
 mod auth;
+mod dashboard;
 pub mod error;
 mod extract;
 pub mod messages;
+mod metrics;
+mod operations;
 mod rbm_webhook;
 mod twilio_webhook;
 
@@ -33,16 +36,23 @@ pub struct AppState {
     pub settings: Arc<Settings>,
     pub policy: Policy,
     pub writes: Writes,
+    pub metrics: crate::metrics::Metrics,
 }
 
 impl AppState {
-    pub fn new(store: Store, settings: Arc<Settings>, policy: Policy) -> AppState {
+    pub fn new(
+        store: Store,
+        settings: Arc<Settings>,
+        policy: Policy,
+        metrics: crate::metrics::Metrics,
+    ) -> AppState {
         let writes = Writes::start(&store, policy);
         AppState {
             store,
             settings,
             policy,
             writes,
+            metrics,
         }
     }
 }
@@ -108,15 +118,35 @@ pub fn router(state: AppState) -> Router {
             "/v1/messages/{message_id}",
             get(messages::get).delete(messages::cancel),
         )
+        .route("/v1/operations/stuck", get(operations::stuck))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             auth::require_token,
         ));
 
+    let webhooks = Router::new()
+        .route("/webhooks/rbm", post(rbm_webhook::receive))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            metrics::time_rbm_ack,
+        ))
+        .merge(
+            Router::new()
+                .route("/webhooks/twilio/status", post(twilio_webhook::status))
+                .route_layer(middleware::from_fn_with_state(
+                    state.clone(),
+                    metrics::time_twilio_ack,
+                )),
+        );
+    let operator = match state.settings.metrics.listen {
+        None => operator_routes(&state),
+        Some(_) => Router::new(),
+    };
+
     Router::new()
         .merge(api)
-        .route("/webhooks/rbm", post(rbm_webhook::receive))
-        .route("/webhooks/twilio/status", post(twilio_webhook::status))
+        .merge(webhooks)
+        .merge(operator)
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .fallback(|| async { ApiError::NoRoute })
@@ -131,6 +161,32 @@ pub fn router(state: AppState) -> Router {
             ApiError::Internal("a request handler panicked".into()).into_response()
         }))
         .layer(TraceLayer::new_for_http())
+}
+
+/// `/metrics` and `/dashboard`, on the main listener or on their own.
+fn operator_routes(state: &AppState) -> Router<AppState> {
+    Router::new()
+        .route("/dashboard", get(dashboard::page))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_token_or_query,
+        ))
+        .route("/metrics", get(metrics::scrape))
+}
+
+/// The router of the separate operator listener (`metrics.listen`).
+pub fn operator_router(state: AppState) -> Router {
+    let timeout = state.settings.server.request_timeout;
+    operator_routes(&state)
+        .fallback(|| async { ApiError::NoRoute })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .with_state(state)
+        .layer(middleware::from_fn(move |req, next| {
+            within(timeout, req, next)
+        }))
+        .layer(CatchPanicLayer::custom(|_| {
+            ApiError::Internal("a request handler panicked".into()).into_response()
+        }))
 }
 
 /// Answers 503 when a request outlives its budget, so a slow client or a

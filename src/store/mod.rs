@@ -6,6 +6,7 @@
 pub mod batch;
 mod claims;
 mod messages;
+mod operations;
 mod rbm_events;
 mod retention;
 mod transitions;
@@ -24,6 +25,7 @@ use crate::domain::{Facts, SmsStatus, State};
 
 pub use claims::{Claimed, WorkResult};
 pub use messages::{Deadline, ListPage, NewMessage, Registered};
+pub use operations::{LastHour, Overview, StuckRow};
 pub use rbm_events::{Ingested, RbmEvent};
 pub use retention::Pruned;
 pub use transitions::{Applied, Caller, OutsideInput};

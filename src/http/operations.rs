@@ -1,0 +1,99 @@
+//! `GET /v1/operations/stuck`: the rows of the `stuck_messages` view, for
+//! operators (and their alerting) to find messages that need a look.
+
+use axum::extract::{Query, State};
+use axum::Json;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::error::ApiError;
+use super::messages::{decode_cursor, encode_cursor};
+use super::AppState;
+use crate::store::StuckRow;
+
+const MAX_PAGE: i64 = 500;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StuckQuery {
+    limit: Option<String>,
+    cursor: Option<String>,
+}
+
+#[derive(Serialize)]
+pub struct StuckResponse {
+    messages: Vec<StuckMessage>,
+    next_cursor: Option<String>,
+}
+
+#[derive(Serialize)]
+struct StuckMessage {
+    message_id: String,
+    agent_id: String,
+    phone: String,
+    state: String,
+    outcome: String,
+    /// `overdue`, `in_doubt` or `awaiting_sms_status`.
+    reason: String,
+    /// Seconds past its due time (or since Twilio took the SMS).
+    waiting_secs: f64,
+    deadline: DateTime<Utc>,
+    due_at: Option<DateTime<Utc>>,
+    attempts: i32,
+    in_doubt: bool,
+    updated_at: DateTime<Utc>,
+}
+
+impl From<StuckRow> for StuckMessage {
+    fn from(r: StuckRow) -> StuckMessage {
+        StuckMessage {
+            message_id: r.message_id,
+            agent_id: r.agent_id,
+            phone: r.phone,
+            state: r.state,
+            outcome: r.outcome,
+            reason: r.reason,
+            waiting_secs: (r.waiting_secs * 1000.0).round() / 1000.0,
+            deadline: r.deadline,
+            due_at: r.due_at,
+            attempts: r.attempts,
+            in_doubt: r.in_doubt,
+            updated_at: r.updated_at,
+        }
+    }
+}
+
+pub async fn stuck(
+    State(state): State<AppState>,
+    query: Result<Query<StuckQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<StuckResponse>, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::InvalidQuery(e.body_text()))?;
+    let limit = match &q.limit {
+        None => 50,
+        Some(l) => l
+            .parse::<i64>()
+            .ok()
+            .filter(|l| (1..=MAX_PAGE).contains(l))
+            .ok_or_else(|| {
+                ApiError::InvalidQuery(format!("limit must be a whole number from 1 to {MAX_PAGE}"))
+            })?,
+    };
+    let after =
+        match &q.cursor {
+            None => None,
+            Some(c) => Some(decode_cursor(c).ok_or_else(|| {
+                ApiError::InvalidQuery("cursor is not one this API returned".into())
+            })?),
+        };
+    // One more than asked tells whether another page follows.
+    let mut rows = state.store.stuck(after, limit + 1).await?;
+    let more = rows.len() as i64 > limit;
+    rows.truncate(limit as usize);
+    let next_cursor = more
+        .then(|| rows.last().map(|r| encode_cursor(r.id)))
+        .flatten();
+    Ok(Json(StuckResponse {
+        messages: rows.into_iter().map(StuckMessage::from).collect(),
+        next_cursor,
+    }))
+}
