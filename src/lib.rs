@@ -17,6 +17,7 @@ pub mod emulator;
 pub mod google;
 pub mod http;
 pub mod outbound;
+pub mod outbox;
 pub mod sandbox;
 pub mod signature;
 pub mod store;

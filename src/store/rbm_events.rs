@@ -13,6 +13,8 @@ pub struct RbmEvent<'a> {
     pub event_type: &'a str,
     pub message_id: Option<&'a str>,
     pub payload: &'a serde_json::Value,
+    /// The webhook as received, when it is to be relayed to the agent.
+    pub relay: Option<crate::outbox::Relay<'a>>,
 }
 
 #[derive(Debug)]
@@ -51,6 +53,9 @@ impl Store {
         if fresh.is_none() {
             tx.rollback().await?;
             return Ok(Ingested::Duplicate);
+        }
+        if let Some(relay) = &event.relay {
+            crate::outbox::enqueue_relay(&mut tx, relay).await?;
         }
         let (Some(input), Some(message_id)) = (input, event.message_id) else {
             tx.commit().await?;

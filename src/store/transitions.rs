@@ -66,6 +66,8 @@ impl Store {
             Verdict::Apply(step) => {
                 let new_token = (step.lease == Lease::Take).then(Uuid::new_v4);
                 let message = write_step(conn, &row, step, new_token, detail).await?;
+                let default_url = self.default_callback_url.as_deref();
+                crate::outbox::enqueue_for_step(conn, default_url, &row, &message).await?;
                 let due_in = match step.due {
                     Due::In(d) => Some(d),
                     _ => None,

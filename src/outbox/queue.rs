@@ -1,0 +1,155 @@
+//! The outbox table: enqueue in the caller's transaction; claim, settle and
+//! prune in short statements of their own.
+
+use std::time::Duration;
+
+use sqlx::{PgConnection, PgPool};
+use uuid::Uuid;
+
+use super::OutboxError;
+
+/// A Google webhook to relay, as it arrived.
+pub struct Relay<'a> {
+    pub url: &'a str,
+    /// Bare agent id: the ordering key.
+    pub agent_id: &'a str,
+    /// Header name (lower case) -> value, to send unchanged.
+    pub headers: serde_json::Value,
+    pub body: &'a [u8],
+}
+
+pub async fn enqueue_relay(conn: &mut PgConnection, relay: &Relay<'_>) -> Result<(), sqlx::Error> {
+    sqlx::query!(
+        "INSERT INTO outbox (kind, ordering_key, target_url, headers, body)
+         VALUES ('relay', $1, $2, $3, $4)",
+        relay.agent_id,
+        relay.url,
+        relay.headers,
+        relay.body,
+    )
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+pub(super) async fn enqueue_callback(
+    conn: &mut PgConnection,
+    url: &str,
+    body: &[u8],
+) -> Result<(), sqlx::Error> {
+    sqlx::query!(
+        r#"INSERT INTO outbox (kind, target_url, headers, body)
+           VALUES ('callback', $1, '{"content-type": "application/json"}', $2)"#,
+        url,
+        body,
+    )
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// A row this process now holds the lease of.
+#[derive(Debug)]
+pub(super) struct Delivery {
+    pub id: i64,
+    pub kind: String,
+    pub target_url: String,
+    pub headers: serde_json::Value,
+    pub body: Vec<u8>,
+    pub attempts: i32,
+    pub lease_token: Uuid,
+}
+
+/// Leases up to `limit` due rows: every due callback, and of each ordered
+/// queue only its oldest undelivered row, which blocks the rest until it is
+/// delivered. One statement, so no transaction outlives it. SKIP LOCKED
+/// lets replicas claim side by side; a row another replica is claiming right
+/// now is skipped, and so is everything queued behind it.
+pub(super) async fn claim(
+    pool: &PgPool,
+    limit: i64,
+    lease: Duration,
+) -> Result<Vec<Delivery>, OutboxError> {
+    let lease_ms = i64::try_from(lease.as_millis()).unwrap_or(i64::MAX);
+    let rows = sqlx::query_as!(
+        Delivery,
+        r#"UPDATE outbox SET
+               attempts = attempts + 1,
+               lease_token = gen_random_uuid(),
+               next_attempt_at = clock_timestamp() + $2::bigint * interval '1 millisecond'
+           WHERE id IN (
+               SELECT o.id FROM outbox o
+               WHERE o.delivered_at IS NULL AND o.next_attempt_at <= now()
+                 AND (o.ordering_key IS NULL OR NOT EXISTS (
+                      SELECT 1 FROM outbox p
+                      WHERE p.ordering_key = o.ordering_key
+                        AND p.delivered_at IS NULL AND p.id < o.id))
+               ORDER BY o.next_attempt_at
+               LIMIT $1
+               FOR UPDATE SKIP LOCKED)
+           RETURNING id, kind, target_url, headers, body, attempts,
+                     lease_token AS "lease_token!""#,
+        limit,
+        lease_ms,
+    )
+    .fetch_all(pool)
+    .await?;
+    Ok(rows)
+}
+
+/// Marks a delivery done, unless its lease was lost meanwhile (then the
+/// row was taken over and its new holder settles it).
+pub(super) async fn delivered(pool: &PgPool, d: &Delivery) -> Result<bool, OutboxError> {
+    let done = sqlx::query!(
+        "UPDATE outbox SET delivered_at = now(), lease_token = NULL, last_error = NULL
+         WHERE id = $1 AND lease_token = $2",
+        d.id,
+        d.lease_token,
+    )
+    .execute(pool)
+    .await?
+    .rows_affected();
+    Ok(done == 1)
+}
+
+/// Schedules the next try after a failure.
+pub(super) async fn failed(
+    pool: &PgPool,
+    d: &Delivery,
+    retry_in: Duration,
+    error: &str,
+) -> Result<(), OutboxError> {
+    let retry_ms = i64::try_from(retry_in.as_millis()).unwrap_or(i64::MAX);
+    sqlx::query!(
+        "UPDATE outbox SET
+             lease_token = NULL,
+             last_error = $3,
+             next_attempt_at = clock_timestamp() + $4::bigint * interval '1 millisecond'
+         WHERE id = $1 AND lease_token = $2",
+        d.id,
+        d.lease_token,
+        error,
+        retry_ms,
+    )
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Deletes up to `batch` rows delivered more than `keep` ago.
+pub(super) async fn prune(pool: &PgPool, keep: Duration, batch: i64) -> Result<u64, OutboxError> {
+    let keep_ms = i64::try_from(keep.as_millis()).unwrap_or(i64::MAX);
+    Ok(sqlx::query!(
+        "DELETE FROM outbox WHERE id IN (
+             SELECT id FROM outbox
+             WHERE delivered_at IS NOT NULL
+               AND delivered_at < now() - $1::bigint * interval '1 millisecond'
+             ORDER BY delivered_at
+             LIMIT $2)",
+        keep_ms,
+        batch,
+    )
+    .execute(pool)
+    .await?
+    .rows_affected())
+}
