@@ -22,9 +22,12 @@ CREATE TABLE outbox (
     delivered_at    timestamptz
 );
 
--- Undelivered rows only: the table's delivered history never slows a claim.
-CREATE INDEX outbox_due ON outbox (next_attempt_at) WHERE delivered_at IS NULL;
--- The head of each ordered queue.
+-- Undelivered rows only, so the delivered history never slows a claim.
+-- Independent rows by due time:
+CREATE INDEX outbox_due ON outbox (next_attempt_at)
+    WHERE delivered_at IS NULL AND ordering_key IS NULL;
+-- Ordered queues, whose heads a claim finds by walking the distinct keys:
+-- a backlog of hours costs a claim a few index probes, not a scan.
 CREATE INDEX outbox_queue ON outbox (ordering_key, id)
     WHERE delivered_at IS NULL AND ordering_key IS NOT NULL;
 -- What the retention sweep deletes.

@@ -60,31 +60,45 @@ pub(super) struct Delivery {
     pub lease_token: Uuid,
 }
 
-/// Leases up to `limit` due rows: every due callback, and of each ordered
-/// queue only its oldest undelivered row, which blocks the rest until it is
-/// delivered. One statement, so no transaction outlives it. SKIP LOCKED
-/// lets replicas claim side by side; a row another replica is claiming right
-/// now is skipped, and so is everything queued behind it.
+/// Leases up to `limit` due rows: of each ordered queue only its oldest
+/// undelivered row (which blocks the rest until it is delivered), then
+/// independent rows. Single statements, so no transaction outlives them.
+/// SKIP LOCKED lets replicas claim side by side; a head another replica is
+/// leasing right now is skipped, and so is everything queued behind it.
 pub(super) async fn claim(
     pool: &PgPool,
     limit: i64,
     lease: Duration,
 ) -> Result<Vec<Delivery>, OutboxError> {
     let lease_ms = i64::try_from(lease.as_millis()).unwrap_or(i64::MAX);
-    let rows = sqlx::query_as!(
+    // The distinct keys by a loose index scan (one probe per key), then the
+    // oldest undelivered row of each.
+    let mut rows = sqlx::query_as!(
         Delivery,
-        r#"UPDATE outbox SET
+        r#"WITH RECURSIVE queues(key) AS (
+               (SELECT ordering_key FROM outbox
+                WHERE delivered_at IS NULL AND ordering_key IS NOT NULL
+                ORDER BY ordering_key LIMIT 1)
+               UNION ALL
+               SELECT (SELECT o.ordering_key FROM outbox o
+                       WHERE o.delivered_at IS NULL AND o.ordering_key IS NOT NULL
+                         AND o.ordering_key > q.key
+                       ORDER BY o.ordering_key LIMIT 1)
+               FROM queues q WHERE q.key IS NOT NULL
+           ), heads(id) AS (
+               SELECT (SELECT o.id FROM outbox o
+                       WHERE o.delivered_at IS NULL AND o.ordering_key = q.key
+                       ORDER BY o.id LIMIT 1)
+               FROM queues q WHERE q.key IS NOT NULL
+           )
+           UPDATE outbox SET
                attempts = attempts + 1,
                lease_token = gen_random_uuid(),
                next_attempt_at = clock_timestamp() + $2::bigint * interval '1 millisecond'
            WHERE id IN (
-               SELECT o.id FROM outbox o
-               WHERE o.delivered_at IS NULL AND o.next_attempt_at <= now()
-                 AND (o.ordering_key IS NULL OR NOT EXISTS (
-                      SELECT 1 FROM outbox p
-                      WHERE p.ordering_key = o.ordering_key
-                        AND p.delivered_at IS NULL AND p.id < o.id))
-               ORDER BY o.next_attempt_at
+               SELECT id FROM outbox
+               WHERE id IN (SELECT id FROM heads)
+                 AND delivered_at IS NULL AND next_attempt_at <= now()
                LIMIT $1
                FOR UPDATE SKIP LOCKED)
            RETURNING id, kind, target_url, headers, body, attempts,
@@ -94,6 +108,31 @@ pub(super) async fn claim(
     )
     .fetch_all(pool)
     .await?;
+    let left = limit - rows.len() as i64;
+    if left > 0 {
+        rows.extend(
+            sqlx::query_as!(
+                Delivery,
+                r#"UPDATE outbox SET
+                       attempts = attempts + 1,
+                       lease_token = gen_random_uuid(),
+                       next_attempt_at = clock_timestamp() + $2::bigint * interval '1 millisecond'
+                   WHERE id IN (
+                       SELECT id FROM outbox
+                       WHERE delivered_at IS NULL AND ordering_key IS NULL
+                         AND next_attempt_at <= now()
+                       ORDER BY next_attempt_at
+                       LIMIT $1
+                       FOR UPDATE SKIP LOCKED)
+                   RETURNING id, kind, target_url, headers, body, attempts,
+                             lease_token AS "lease_token!""#,
+                left,
+                lease_ms,
+            )
+            .fetch_all(pool)
+            .await?,
+        );
+    }
     Ok(rows)
 }
 
