@@ -6,6 +6,8 @@
 mod common;
 #[path = "common/receiver.rs"]
 mod receiver;
+#[path = "common/replica.rs"]
+mod replica;
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
@@ -14,6 +16,7 @@ use hmac::{Hmac, Mac};
 use receiver::{Received, Receiver};
 use serde_json::{json, Value};
 use sha2::Sha256;
+use sqlx::Connection;
 
 const KEY: [u8; 32] = *b"an-example-key-of-32-bytes-long!";
 
@@ -237,4 +240,53 @@ async fn a_failing_receiver_gets_the_event_again_with_the_same_id() {
         assert_eq!(r.body, got[0].body, "the same event each time");
         verify(r).unwrap();
     }
+}
+
+#[tokio::test]
+async fn replicas_send_each_callback_once() {
+    let receiver = Receiver::start().await;
+    let h = start_calling_back(Some(&receiver.url)).await;
+    let _others = [
+        replica::Replica::spawn(&h.s.settings),
+        replica::Replica::spawn(&h.s.settings),
+    ];
+    let mut ids = Vec::new();
+    for i in 0..12 {
+        ids.push(
+            h.send_and_register(&format!("+155588810{i:02}"), 600_000)
+                .await,
+        );
+    }
+    for id in &ids {
+        h.s.google.deliver(id, true).await;
+    }
+    receiver.wait_accepted(ids.len()).await;
+    // Once every row is settled as delivered, no replica sends it again.
+    let mut db = sqlx::PgConnection::connect(&h.db.url).await.unwrap();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let open: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM outbox WHERE delivered_at IS NULL")
+                .fetch_one(&mut db)
+                .await
+                .unwrap();
+        if open == 0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{open} rows never settled"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let got = receiver.accepted();
+    assert_eq!(got.len(), ids.len(), "no callback twice");
+    let mut seen: Vec<String> = got
+        .iter()
+        .map(|r| r.json()["data"]["message_id"].as_str().unwrap().to_owned())
+        .collect();
+    seen.sort();
+    let mut want = ids.clone();
+    want.sort();
+    assert_eq!(seen, want);
 }

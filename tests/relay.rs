@@ -6,6 +6,8 @@
 mod common;
 #[path = "common/receiver.rs"]
 mod receiver;
+#[path = "common/replica.rs"]
+mod replica;
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
@@ -216,4 +218,26 @@ async fn nothing_is_relayed_without_a_relay_url() {
         .unwrap();
     assert_eq!(rows, 0);
     assert!(upstream.all().is_empty());
+}
+
+#[tokio::test]
+async fn replicas_relay_each_webhook_once_and_in_order() {
+    let upstream = Receiver::start().await;
+    upstream.set_failing(true);
+    let h = start_relaying(&upstream.url).await;
+    let _others = [
+        replica::Replica::spawn(&h.s.settings),
+        replica::Replica::spawn(&h.s.settings),
+    ];
+    let mut sent = Vec::new();
+    for i in 0..20 {
+        let event = google_event(&h, "DELIVERED", "+15557770006", &format!("m-{i}"));
+        assert_eq!(h.s.google.post_event(&event).await.unwrap(), 200);
+        sent.push(event["eventId"].clone());
+    }
+    upstream.wait_attempts(3).await;
+    upstream.set_failing(false);
+    let got = upstream.wait_accepted(sent.len()).await;
+    let got: Vec<Value> = got.iter().map(|r| event_of(r)["eventId"].clone()).collect();
+    assert_eq!(got, sent, "each once, in order, whichever replica sent it");
 }
