@@ -241,3 +241,46 @@ async fn replicas_relay_each_webhook_once_and_in_order() {
     let got: Vec<Value> = got.iter().map(|r| event_of(r)["eventId"].clone()).collect();
     assert_eq!(got, sent, "each once, in order, whichever replica sent it");
 }
+
+#[tokio::test]
+async fn delivered_rows_are_pruned_after_retention_and_pending_ones_kept() {
+    let upstream = Receiver::start().await;
+    let h = start_relaying_with(
+        &upstream.url,
+        &[("RBMF__RETENTION__SWEEP_INTERVAL_MS", "100")],
+    )
+    .await;
+    let delivered = google_event(&h, "DELIVERED", "+15557770007", "m-p1");
+    assert_eq!(h.s.google.post_event(&delivered).await.unwrap(), 200);
+    upstream.wait_accepted(1).await;
+    upstream.set_failing(true);
+    let pending = google_event(&h, "DELIVERED", "+15557770007", "m-p2");
+    assert_eq!(h.s.google.post_event(&pending).await.unwrap(), 200);
+    upstream.wait_attempts(2).await;
+
+    let mut db = sqlx::PgConnection::connect(&h.db.url).await.unwrap();
+    // Everything ages past the 30 days kept by default.
+    sqlx::query(
+        "UPDATE outbox SET created_at = created_at - interval '40 days',
+                           delivered_at = delivered_at - interval '40 days'",
+    )
+    .execute(&mut db)
+    .await
+    .unwrap();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let left: Vec<bool> =
+            sqlx::query_scalar("SELECT delivered_at IS NOT NULL FROM outbox ORDER BY id")
+                .fetch_all(&mut db)
+                .await
+                .unwrap();
+        if left == [false] {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "delivered row never pruned: {left:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
