@@ -63,7 +63,9 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let settings = Arc::new(settings);
-    let store = connect_store(&settings.database, settings.worker.max_idle).await?;
+    let store = connect_store(&settings.database, settings.worker.max_idle)
+        .await?
+        .with_default_callback_url(settings.callbacks.url.as_deref());
     migrate(&store, Duration::from_secs(60)).await?;
 
     let tokens =
@@ -83,18 +85,19 @@ pub async fn run(
     });
     let grace = settings.server.shutdown_grace;
     let scheduler = tokio::spawn(worker.run(shutdown.clone(), grace));
+    let outbox = tokio::spawn(crate::outbox::run(
+        store.pool().clone(),
+        settings.clone(),
+        shutdown.clone(),
+        grace,
+    ));
     tokio::spawn(crate::worker::prune(
         store.clone(),
         settings.retention.clone(),
         shutdown.clone(),
     ));
 
-    let state = AppState::new(
-        store.clone(),
-        settings.clone(),
-        policy(&settings),
-        metrics,
-    );
+    let state = AppState::new(store.clone(), settings.clone(), policy(&settings), metrics);
     if let Some(addr) = settings.metrics.listen {
         let operator = TcpListener::bind(addr)
             .await
@@ -128,6 +131,8 @@ pub async fn run(
     {
         warn!("scheduler did not stop within the grace period");
     }
+    // It bounds its own wait for deliveries in flight by the grace period.
+    let _ = tokio::time::timeout(grace + Duration::from_secs(1), outbox).await;
     store.pool().close().await;
     info!("stopped");
     Ok(())

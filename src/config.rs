@@ -33,6 +33,9 @@ const ENV_NAMES: &[(&str, &str, &str)] = &[
         "messaging_service_sid",
     ),
     ("RBMF_CONFIRM_WINDOW_MS", "fallback", "confirm_window_ms"),
+    ("RBMF_RELAY_URL", "rbm", "relay_url"),
+    ("RBMF_CALLBACK_URL", "callbacks", "url"),
+    ("RBMF_CALLBACK_SECRET", "callbacks", "secret"),
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -78,6 +81,9 @@ pub struct Settings {
     pub retention: RetentionSettings,
     pub metrics: MetricsSettings,
     pub telemetry: TelemetrySettings,
+    pub relay: RelaySettings,
+    pub callbacks: CallbackSettings,
+    pub outbox: OutboxSettings,
 }
 
 #[derive(Clone, Debug)]
@@ -92,6 +98,32 @@ pub struct TelemetrySettings {
     /// OTLP/HTTP base URL; traces go to `<base>/v1/traces`. `None`: no export.
     pub otlp_endpoint: Option<String>,
     pub service_name: String,
+}
+
+/// Where Google's webhooks are relayed (`[rbm] relay_url`).
+#[derive(Clone, Debug)]
+pub struct RelaySettings {
+    /// The single agent's upstream; `None`: no relay.
+    pub url: Option<String>,
+}
+
+#[derive(Clone, Debug)]
+pub struct CallbackSettings {
+    /// Default target of outcome callbacks; a message may name its own.
+    pub url: Option<String>,
+    /// The Standard Webhooks signing key (`whsec_…`); callbacks of any kind
+    /// need it.
+    pub secret: Option<crate::outbox::SigningSecret>,
+}
+
+#[derive(Clone, Debug)]
+pub struct OutboxSettings {
+    pub concurrency: usize,
+    pub timeout: Duration,
+    pub lease: Duration,
+    pub max_idle: Duration,
+    pub retry_base: Duration,
+    pub retry_cap: Duration,
 }
 
 #[derive(Clone, Debug)]
@@ -352,12 +384,21 @@ struct Raw {
     retention: RawRetention,
     metrics: RawMetrics,
     telemetry: RawTelemetry,
+    callbacks: RawCallbacks,
+    outbox: RawOutbox,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawMetrics {
     listen: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCallbacks {
+    url: String,
+    secret: String,
 }
 
 #[derive(Deserialize)]
@@ -378,6 +419,17 @@ impl RawTelemetry {
             service_name: required("telemetry", "service_name", &self.service_name)?,
         })
     }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOutbox {
+    concurrency: usize,
+    timeout_ms: u64,
+    lease_ms: u64,
+    max_idle_ms: u64,
+    retry_base_ms: u64,
+    retry_cap_ms: u64,
 }
 
 #[derive(Deserialize)]
@@ -416,6 +468,7 @@ struct RawRbm {
     base_url: String,
     service_account_key: String,
     timeout_ms: u64,
+    relay_url: String,
 }
 
 #[derive(Deserialize)]
@@ -507,6 +560,17 @@ fn http_url(section: &str, key: &str, value: &str) -> Result<String, ConfigError
         return Err(invalid(section, key, "must not have a query or fragment"));
     }
     Ok(v.trim_end_matches('/').to_owned())
+}
+
+/// An optional absolute http(s) URL that requests are sent to, kept exactly
+/// as given (a query may carry the receiver's own token).
+fn optional_target(section: &str, key: &str, value: &str) -> Result<Option<String>, ConfigError> {
+    match value.trim() {
+        "" => Ok(None),
+        v => crate::outbox::validate_target_url(v)
+            .map(Some)
+            .map_err(|e| invalid(section, key, e)),
+    }
 }
 
 fn millis(section: &str, key: &str, ms: u64, min: u64, max: u64) -> Result<Duration, ConfigError> {
@@ -736,6 +800,51 @@ impl Raw {
             },
         };
         let telemetry = self.telemetry.validate()?;
+        let relay = RelaySettings {
+            url: optional_target("rbm", "relay_url", &self.rbm.relay_url)?,
+        };
+        let c = &self.callbacks;
+        let secret = match c.secret.trim() {
+            "" => None,
+            s => Some(
+                crate::outbox::SigningSecret::parse(s)
+                    .map_err(|e| invalid("callbacks", "secret", e))?,
+            ),
+        };
+        let callbacks = CallbackSettings {
+            url: optional_target("callbacks", "url", &c.url)?,
+            secret,
+        };
+        if callbacks.url.is_some() && callbacks.secret.is_none() {
+            return Err(invalid(
+                "callbacks",
+                "secret",
+                "is required when RBMF_CALLBACK_URL is set: callbacks are always signed",
+            ));
+        }
+        let o = &self.outbox;
+        if !(1..=1024).contains(&o.concurrency) {
+            return Err(invalid(
+                "outbox",
+                "concurrency",
+                "must be between 1 and 1024",
+            ));
+        }
+        let outbox = OutboxSettings {
+            concurrency: o.concurrency,
+            timeout: millis("outbox", "timeout_ms", o.timeout_ms, 100, 120_000)?,
+            lease: millis("outbox", "lease_ms", o.lease_ms, 1_000, 3_600_000)?,
+            max_idle: millis("outbox", "max_idle_ms", o.max_idle_ms, 10, 60_000)?,
+            retry_base: millis("outbox", "retry_base_ms", o.retry_base_ms, 1, 600_000)?,
+            retry_cap: millis("outbox", "retry_cap_ms", o.retry_cap_ms, 1, 86_400_000)?,
+        };
+        if outbox.lease <= outbox.timeout {
+            return Err(invalid(
+                "outbox",
+                "lease_ms",
+                "must exceed outbox.timeout_ms, or a delivery still in flight could be taken over",
+            ));
+        }
 
         Ok(Settings {
             server,
@@ -747,6 +856,9 @@ impl Raw {
             retention,
             metrics,
             telemetry,
+            relay,
+            callbacks,
+            outbox,
         })
     }
 }
@@ -920,6 +1032,46 @@ mod tests {
             load(&env).unwrap().twilio.sender,
             SmsSender::MessagingService("MG0123".into())
         );
+    }
+
+    #[test]
+    fn relay_and_callback_settings_are_validated() {
+        let s = load(&base_env()).unwrap();
+        assert!(s.relay.url.is_none() && s.callbacks.url.is_none());
+        let mut env = base_env();
+        env.insert("RBMF_RELAY_URL", "https://agent.example.com/rbm?k=1");
+        env.insert("RBMF_CALLBACK_URL", "https://agent.example.com/cb/");
+        env.insert(
+            "RBMF_CALLBACK_SECRET",
+            "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+        );
+        let s = load(&env).unwrap();
+        assert_eq!(
+            s.relay.url.as_deref(),
+            Some("https://agent.example.com/rbm?k=1")
+        );
+        assert_eq!(
+            s.callbacks.url.as_deref(),
+            Some("https://agent.example.com/cb/")
+        );
+        assert!(!format!("{s:?}").contains("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"));
+
+        let cases = [
+            ("RBMF_RELAY_URL", "agent.example.com", "RBMF_RELAY_URL"),
+            (
+                "RBMF_CALLBACK_SECRET",
+                "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+                "RBMF_CALLBACK_SECRET",
+            ),
+            ("RBMF_CALLBACK_SECRET", "", "RBMF_CALLBACK_SECRET"),
+            ("RBMF__OUTBOX__LEASE_MS", "5000", "RBMF__OUTBOX__LEASE_MS"),
+        ];
+        for (name, value, named) in cases {
+            let mut env = env.clone();
+            env.insert(name, value);
+            let err = error_of(&env);
+            assert!(err.contains(named), "{name}={value}: {err}");
+        }
     }
 
     #[test]

@@ -18,6 +18,7 @@ pub mod google;
 pub mod http;
 pub mod metrics;
 pub mod outbound;
+pub mod outbox;
 pub mod sandbox;
 pub mod signature;
 pub mod store;

@@ -34,6 +34,9 @@ pub struct CreateMessage {
     pub sms: SmsRequest,
     #[serde(default)]
     pub metadata: Option<serde_json::Value>,
+    /// Where this message's outcome callbacks go, instead of the default.
+    #[serde(default)]
+    pub callback_url: Option<String>,
 }
 
 #[derive(Deserialize, Serialize)]
@@ -54,6 +57,8 @@ pub struct MessageResource {
     pub deadline: DateTime<Utc>,
     pub sms: SmsResource,
     pub metadata: Option<serde_json::Value>,
+    /// The message's own callback URL, if it has one.
+    pub callback_url: Option<String>,
     /// When the service will next act on the message, if it will.
     pub next_action_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
@@ -95,6 +100,7 @@ impl MessageResource {
                 status: m.sms_status,
             },
             metadata: m.metadata,
+            callback_url: m.callback_url,
             next_action_at: m.due_at,
             created_at: m.created_at,
             updated_at: m.updated_at,
@@ -242,9 +248,20 @@ fn validate(state: &AppState, req: &CreateMessage) -> Result<NewMessage, ApiErro
         }
     }
 
+    if let Some(url) = &req.callback_url {
+        crate::outbox::validate_target_url(url)
+            .map_err(|e| ApiError::invalid("callback_url", e))?;
+        if state.settings.callbacks.secret.is_none() {
+            return Err(ApiError::invalid(
+                "callback_url",
+                "callbacks are not enabled in this deployment (RBMF_CALLBACK_SECRET is not set)",
+            ));
+        }
+    }
+
     // The digest covers the request as given, with the agent normalised, so
     // a retried request matches even though "revoke_after_secs" is relative.
-    let canonical = serde_json::json!({
+    let mut canonical = serde_json::json!({
         "agent_id": agent_id,
         "phone": req.phone,
         "message_id": req.message_id,
@@ -256,6 +273,11 @@ fn validate(state: &AppState, req: &CreateMessage) -> Result<NewMessage, ApiErro
         "sms": { "body": req.sms.body, "from": req.sms.from },
         "metadata": req.metadata,
     });
+    // Only when given, so that digests of requests without one stay as
+    // they were before the field existed.
+    if let Some(url) = &req.callback_url {
+        canonical["callback_url"] = url.as_str().into();
+    }
     let request_digest = Sha256::digest(canonical.to_string().as_bytes()).to_vec();
 
     Ok(NewMessage {
@@ -266,6 +288,7 @@ fn validate(state: &AppState, req: &CreateMessage) -> Result<NewMessage, ApiErro
         sms_body: body.clone(),
         sms_from: req.sms.from.clone(),
         metadata: req.metadata.clone(),
+        callback_url: req.callback_url.clone(),
         request_digest,
     })
 }

@@ -209,6 +209,18 @@ fn without_nul(value: serde_json::Value) -> serde_json::Value {
     }
 }
 
+/// The headers the agent's own endpoint needs to verify the webhook as if
+/// Google had sent it: the signature over the decoded data, and the type.
+fn relayed_headers(headers: &HeaderMap) -> serde_json::Value {
+    let mut out = serde_json::Map::new();
+    for name in ["content-type", "x-goog-signature"] {
+        if let Some(value) = headers.get(name).and_then(|v| v.to_str().ok()) {
+            out.insert(name.to_owned(), value.into());
+        }
+    }
+    serde_json::Value::Object(out)
+}
+
 pub async fn receive(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -236,6 +248,14 @@ pub async fn receive(
         event.message_id.clone(),
         event.event_key.clone(),
     );
+    let relay = crate::outbox::relay_url_for(&state.settings, &event.agent_id).map(|url| {
+        crate::outbox::Relay {
+            url: url.to_owned(),
+            agent_id: event.agent_id.clone(),
+            headers: relayed_headers(&headers),
+            body: body.to_vec(),
+        }
+    });
     let ingested = state
         .writes
         .rbm_events
@@ -246,6 +266,7 @@ pub async fn receive(
             message_id: event.message_id,
             payload: event.payload,
             input: event.input,
+            relay,
         })
         .await?;
     match &ingested {

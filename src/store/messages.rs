@@ -24,6 +24,8 @@ pub struct NewMessage {
     pub sms_body: String,
     pub sms_from: Option<String>,
     pub metadata: Option<serde_json::Value>,
+    /// Where this message's outcome callbacks go instead of the default.
+    pub callback_url: Option<String>,
     /// Identifies the request's content, to tell a retry from a conflict.
     pub request_digest: Vec<u8>,
 }
@@ -65,8 +67,8 @@ impl Store {
         let created = sqlx::query_as!(
             MessageRow,
             r#"INSERT INTO messages (message_id, agent_id, phone, deadline, sms_body, sms_from,
-                                    metadata, request_digest, state, outcome, due_at)
-               SELECT $1, $2, $3, d, $6, $7, $8, $9, 'pending', 'none', d
+                                    metadata, request_digest, state, outcome, due_at, callback_url)
+               SELECT $1, $2, $3, d, $6, $7, $8, $9, 'pending', 'none', d, $10
                FROM (SELECT COALESCE($4::timestamptz, now() + $5::bigint * interval '1 second') AS d) AS dl
                ON CONFLICT (message_id) DO NOTHING
                RETURNING *"#,
@@ -79,6 +81,7 @@ impl Store {
             new.sms_from,
             new.metadata,
             new.request_digest,
+            new.callback_url,
         )
         .fetch_optional(&mut *tx)
         .await?;
@@ -131,6 +134,7 @@ impl Store {
         let mut froms = Vec::with_capacity(batch.len());
         let mut metas = Vec::with_capacity(batch.len());
         let mut digests = Vec::with_capacity(batch.len());
+        let mut callbacks = Vec::with_capacity(batch.len());
         for m in batch {
             ids.push(m.message_id.clone());
             agents.push(m.agent_id.clone());
@@ -145,6 +149,7 @@ impl Store {
             froms.push(m.sms_from.clone());
             metas.push(m.metadata.as_ref().map(|v| v.to_string()));
             digests.push(m.request_digest.clone());
+            callbacks.push(m.callback_url.clone());
         }
         let mut tx = self.pool.begin().await?;
         super::lock_message_keys(&mut tx, &agents, &ids).await?;
@@ -153,13 +158,14 @@ impl Store {
             r#"WITH input AS (
                    SELECT t.*, COALESCE(t.at, now() + t.after_secs * interval '1 second') AS d
                    FROM UNNEST($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::bigint[],
-                               $6::text[], $7::text[], $8::text[], $9::bytea[])
-                        AS t(message_id, agent_id, phone, at, after_secs, sms_body, sms_from, metadata, digest)
+                               $6::text[], $7::text[], $8::text[], $9::bytea[], $10::text[])
+                        AS t(message_id, agent_id, phone, at, after_secs, sms_body, sms_from, metadata, digest,
+                             callback_url)
                ), ins AS (
                    INSERT INTO messages (message_id, agent_id, phone, deadline, sms_body, sms_from,
-                                         metadata, request_digest, state, outcome, due_at)
+                                         metadata, request_digest, state, outcome, due_at, callback_url)
                    SELECT message_id, agent_id, phone, d, sms_body, sms_from, metadata::jsonb, digest,
-                          'pending', 'none', d
+                          'pending', 'none', d, callback_url
                    FROM input
                    ON CONFLICT (message_id) DO NOTHING
                    RETURNING *
@@ -178,6 +184,7 @@ impl Store {
             &froms as &[Option<String>],
             &metas as &[Option<String>],
             &digests,
+            &callbacks as &[Option<String>],
         )
         .fetch_all(&mut *tx)
         .await?;

@@ -78,6 +78,8 @@ pub struct Store {
     /// Work due within this long is announced on [`DUE_CHANNEL`]; later work
     /// is found by the schedulers' periodic look.
     notify_horizon: Duration,
+    /// Where outcome callbacks go for messages without their own URL.
+    default_callback_url: Option<Arc<str>>,
 }
 
 impl Store {
@@ -100,7 +102,14 @@ impl Store {
             pool,
             wake: Arc::new(Notify::new()),
             notify_horizon,
+            default_callback_url: None,
         }
+    }
+
+    /// Transitions owe callbacks to this URL unless their message names one.
+    pub fn with_default_callback_url(mut self, url: Option<&str>) -> Store {
+        self.default_callback_url = url.map(Arc::from);
+        self
     }
 
     pub fn pool(&self) -> &PgPool {
@@ -223,6 +232,7 @@ pub struct MessageRow {
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub rcs_inferred: bool,
+    pub callback_url: Option<String>,
 }
 
 #[derive(Clone, Debug)]

@@ -19,6 +19,8 @@ pub struct RbmEvent {
     pub payload: serde_json::Value,
     /// What the event means for the message it names, if anything.
     pub input: Option<Input>,
+    /// The webhook as received, when it is to be relayed to the agent.
+    pub relay: Option<crate::outbox::Relay>,
 }
 
 #[derive(Debug)]
@@ -81,6 +83,14 @@ impl Store {
                 fresh.contains(&key) && seen.insert(key)
             })
             .collect();
+        // Only what Google sends for the first time goes to the agent.
+        let relays: Vec<&crate::outbox::Relay> = events
+            .iter()
+            .zip(&is_fresh)
+            .filter(|(_, fresh)| **fresh)
+            .filter_map(|(e, _)| e.relay.as_ref())
+            .collect();
+        crate::outbox::enqueue_relays(&mut tx, &relays).await?;
         let wanted: Vec<String> = events
             .iter()
             .zip(&is_fresh)

@@ -180,6 +180,8 @@ impl Store {
         let mut events = Events::default();
         let mut applied = Vec::with_capacity(changes.len());
         let mut soonest: Option<Duration> = None;
+        // (before, after) of every applied step, for outcome callbacks.
+        let mut owed = Vec::new();
         for change in changes {
             let p = pending
                 .get_mut(&change.id)
@@ -188,6 +190,7 @@ impl Store {
                     what: "a change for a row that was not locked".into(),
                 })?;
             let row = &mut p.row;
+            let before = row.clone();
             let verdict = domain::apply(&row.facts(change.caller)?, change.input, policy);
             match &verdict {
                 Verdict::Apply(step) => {
@@ -225,6 +228,7 @@ impl Store {
                         soonest = Some(soonest.map_or(d, |s| s.min(d)));
                     }
                     p.dirty = true;
+                    owed.push((before, row.clone()));
                 }
                 Verdict::Record { event, note } => {
                     let detail = with_note(change.detail, Some(note));
@@ -240,12 +244,24 @@ impl Store {
         append_events(conn, events).await?;
         let stored = update_rows(conn, pending.into_values().filter(|p| p.dirty)).await?;
         // What the database set (due time, update time) is what callers see.
-        for a in &mut applied {
-            if let Some(row) = stored.get(&a.message.id) {
-                a.message.due_at = row.due_at;
-                a.message.updated_at = row.updated_at;
+        for m in applied
+            .iter_mut()
+            .map(|a| &mut a.message)
+            .chain(owed.iter_mut().map(|(_, after)| after))
+        {
+            if let Some(row) = stored.get(&m.id) {
+                m.due_at = row.due_at;
+                m.updated_at = row.updated_at;
             }
         }
+        let default_url = self.default_callback_url.as_deref();
+        let callbacks: Vec<_> = owed
+            .iter()
+            .flat_map(|(before, after)| {
+                crate::outbox::callbacks_for_step(default_url, before, after)
+            })
+            .collect();
+        crate::outbox::enqueue_callbacks(conn, &callbacks).await?;
         self.announce(conn, soonest).await?;
         Ok((applied, soonest))
     }
@@ -374,7 +390,7 @@ async fn update_rows(
                      m.rcs_delivered AS "rcs_delivered!", m.in_doubt AS "in_doubt!",
                      m.attempts AS "attempts!", m.due_at, m.lease_token, m.sms_sid, m.sms_status,
                      m.created_at AS "created_at!", m.updated_at AS "updated_at!",
-                     m.rcs_inferred AS "rcs_inferred!""#,
+                     m.rcs_inferred AS "rcs_inferred!", m.callback_url"#,
         &ids,
         &states,
         &outcomes,
