@@ -468,6 +468,7 @@ fn snapshot_messages(st: &Books) -> Vec<EmuSms> {
 
 fn router(shared: Arc<Shared>) -> Router {
     Router::new()
+        .route("/2010-04-01/Accounts/{file}", get(fetch_account))
         .route(
             "/2010-04-01/Accounts/{account_sid}/Messages.json",
             post(create_message).get(list_messages),
@@ -907,6 +908,60 @@ async fn fetch_message(
             format!("The requested resource {} was not found", uri.path()),
         ),
     }
+}
+
+/// `GET /2010-04-01/Accounts/{sid}.json`: the account resource, which a
+/// credentials check fetches.
+async fn fetch_account(
+    State(shared): State<Arc<Shared>>,
+    Path(file): Path<String>,
+    OriginalUri(uri): OriginalUri,
+    headers: HeaderMap,
+) -> Response {
+    if let Some(resp) = outage(&shared) {
+        return resp;
+    }
+    let Some(sid) = file.strip_suffix(".json") else {
+        return twilio_error(
+            StatusCode::NOT_FOUND,
+            20404,
+            format!("The requested resource {} was not found", uri.path()),
+        );
+    };
+    if !authorized(&shared, sid, &headers) {
+        return unauthorized();
+    }
+    let base = format!("/{API_VERSION}/Accounts/{sid}");
+    let created = rfc2822(DateTime::<Utc>::UNIX_EPOCH + chrono::TimeDelta::days(16_000));
+    let subresources = [
+        ("addresses", "Addresses"),
+        ("conferences", "Conferences"),
+        ("incoming_phone_numbers", "IncomingPhoneNumbers"),
+        ("messages", "Messages"),
+        ("notifications", "Notifications"),
+        ("outgoing_caller_ids", "OutgoingCallerIds"),
+        ("queues", "Queues"),
+        ("recordings", "Recordings"),
+        ("calls", "Calls"),
+        ("usage", "Usage"),
+    ];
+    let uris: serde_json::Map<String, Value> = subresources
+        .iter()
+        .map(|(key, name)| ((*key).to_owned(), json!(format!("{base}/{name}.json"))))
+        .collect();
+    Json(json!({
+        "auth_token": shared.auth_token,
+        "date_created": created,
+        "date_updated": created,
+        "friendly_name": "rbm-fallback emulator",
+        "owner_account_sid": sid,
+        "sid": sid,
+        "status": "active",
+        "subresource_uris": uris,
+        "type": "Full",
+        "uri": format!("{base}.json"),
+    }))
+    .into_response()
 }
 
 fn rfc2822(t: DateTime<Utc>) -> String {
