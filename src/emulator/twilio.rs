@@ -1578,6 +1578,50 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_account_resource_needs_its_own_credentials() {
+        let emu = emulator().await;
+        let c = client();
+        let url = format!(
+            "{}/2010-04-01/Accounts/{}.json",
+            emu.base_url(),
+            emu.account_sid()
+        );
+        let ok = c
+            .get(&url)
+            .basic_auth(emu.account_sid(), Some(emu.auth_token()))
+            .send()
+            .await
+            .expect("answer");
+        let (status, body) = json_of(ok).await;
+        assert_eq!(status, 200);
+        assert_eq!(body["sid"], emu.account_sid());
+        assert_eq!(body["status"], "active");
+        assert_eq!(
+            body["uri"],
+            format!("/2010-04-01/Accounts/{}.json", emu.account_sid())
+        );
+        let wrong = c
+            .get(&url)
+            .basic_auth(emu.account_sid(), Some("0".repeat(32)))
+            .send()
+            .await
+            .expect("answer");
+        assert_error(wrong, 401, 20003).await;
+        let other = format!(
+            "{}/2010-04-01/Accounts/AC{}.json",
+            emu.base_url(),
+            random_hex32()
+        );
+        let foreign = c
+            .get(other)
+            .basic_auth(emu.account_sid(), Some(emu.auth_token()))
+            .send()
+            .await
+            .expect("answer");
+        assert_error(foreign, 401, 20003).await;
+    }
+
+    #[tokio::test]
     async fn bad_credentials_or_a_foreign_account_answer_401_20003() {
         let emu = emulator().await;
         let c = client();

@@ -429,6 +429,7 @@ rbm-fallback sandbox is running.
   service         {url}   (API token: {token})
   Google emulator {google}   (webhooks go to {url}/webhooks/rbm)
   Twilio emulator {twilio}
+  API reference   {url}/docs   (OpenAPI document: {url}/openapi.json)
 
 Phones deliver RCS 3 s after it is sent; the confirm window is {window} ms.
 Try it: send an RCS as the agent would, then register it with a 2 s deadline.
