@@ -288,6 +288,27 @@ async fn real_answers_match_the_documented_schemas() {
     let (status, _) = conforms(&doc, "get", one, get(&late).await.unwrap()).await;
     assert_eq!(status, 200);
 
+    // Webhooks without valid signatures.
+    let anyone = reqwest::Client::new();
+    let rbm = |body: Value| anyone.post(h.url("/webhooks/rbm")).json(&body).send();
+    let handshake = json!({ "clientToken": "not-the-token", "secret": "s" });
+    let (status, _) = conforms(&doc, "post", "/webhooks/rbm", rbm(handshake).await.unwrap()).await;
+    assert_eq!(status, 403);
+    let event = json!({ "message": { "data": "e30=", "messageId": "1" } });
+    let (status, e) = conforms(&doc, "post", "/webhooks/rbm", rbm(event).await.unwrap()).await;
+    assert_eq!(
+        (status, e["error"]["code"].as_str()),
+        (401, Some("invalid_signature"))
+    );
+    let unsigned = anyone
+        .post(h.url("/webhooks/twilio/status?message_id=m-1"))
+        .form(&[("MessageSid", "SM1"), ("MessageStatus", "delivered")])
+        .send()
+        .await
+        .unwrap();
+    let (status, _) = conforms(&doc, "post", "/webhooks/twilio/status", unsigned).await;
+    assert_eq!(status, 403);
+
     let health = reqwest::Client::new();
     for path in ["/healthz", "/readyz"] {
         let (status, _) = conforms(

@@ -30,6 +30,8 @@ use crate::domain::{Outcome, State};
         messages::cancel,
         super::healthz,
         super::readyz,
+        super::rbm_webhook::receive,
+        super::twilio_webhook::status,
     ),
     components(
         schemas(ErrorBody, ErrorDetail, MessageState, MessageOutcome),
@@ -45,6 +47,7 @@ use crate::domain::{Outcome, State};
     modifiers(&BearerAuth),
     tags(
         (name = "messages", description = "The internal API your RBM agent calls."),
+        (name = "webhooks", description = "Called by Google and Twilio, authenticated by their signatures."),
         (name = "health", description = "Liveness and readiness, without authentication."),
     )
 )]
