@@ -59,13 +59,23 @@ async fn conforms(doc: &Value, method: &str, path: &str, r: reqwest::Response) -
         "{method} {path} {status}: no JSON body documented"
     );
     assert_eq!(content_type.unwrap(), "application/json");
+    let errors = mismatches(doc, &media["schema"], &body);
+    assert!(
+        errors.is_empty(),
+        "{method} {path} {status} does not match its schema: {errors:?}\n{body:#}"
+    );
+    (status, body)
+}
+
+/// How `body` fails `schema`, whose `$ref`s point into `doc`.
+fn mismatches(doc: &Value, schema: &Value, body: &Value) -> Vec<String> {
     let mut root = doc.clone();
     let root_map = root.as_object_mut().unwrap();
     root_map.insert(
         "$schema".into(),
         json!("https://json-schema.org/draft/2020-12/schema"),
     );
-    for (k, v) in media["schema"].as_object().unwrap() {
+    for (k, v) in schema.as_object().unwrap() {
         root_map.insert(k.clone(), v.clone());
     }
     let validator = jsonschema::options()
@@ -73,15 +83,54 @@ async fn conforms(doc: &Value, method: &str, path: &str, r: reqwest::Response) -
         .should_validate_formats(true)
         .build(&root)
         .expect("the documented schema compiles");
-    let errors: Vec<String> = validator
-        .iter_errors(&body)
+    validator
+        .iter_errors(body)
         .map(|e| format!("{} at {}", e, e.instance_path()))
-        .collect();
-    assert!(
-        errors.is_empty(),
-        "{method} {path} {status} does not match its schema: {errors:?}\n{body:#}"
-    );
-    (status, body)
+        .collect()
+}
+
+/// The check above can fail: answers that differ from the document in a
+/// field's presence, type, format or value are caught.
+#[test]
+fn the_schema_check_catches_answers_that_differ() {
+    let doc = serde_json::to_value(rbm_fallback::http::openapi::document()).unwrap();
+    let schema = json!({ "$ref": "#/components/schemas/MessageResource" });
+    let good = json!({
+        "message_id": "m-1", "agent_id": "a", "phone": "+15550100001",
+        "state": "pending", "outcome": "none", "deadline": "2030-01-01T00:00:00Z",
+        "sms": { "body": "b", "from": null, "sid": null, "status": null },
+        "metadata": null, "next_action_at": "2030-01-01T00:00:00Z",
+        "created_at": "2030-01-01T00:00:00Z", "updated_at": "2030-01-01T00:00:00Z",
+    });
+    assert_eq!(mismatches(&doc, &schema, &good), Vec::<String>::new());
+    let mut wrong = Vec::new();
+    for (pointer, value) in [
+        ("/state", json!("lost")),
+        ("/outcome", json!(3)),
+        ("/deadline", json!("tomorrow")),
+        ("/sms/sid", json!(false)),
+        ("/events", json!([{ "kind": "x" }])),
+    ] {
+        let mut bad = good.clone();
+        let (parent, key) = pointer.rsplit_once('/').unwrap();
+        bad.pointer_mut(if parent.is_empty() { "" } else { parent })
+            .unwrap()
+            .as_object_mut()
+            .unwrap()
+            .insert(key.to_owned(), value);
+        wrong.push((pointer, mismatches(&doc, &schema, &bad)));
+    }
+    let mut missing = good.clone();
+    missing.as_object_mut().unwrap().remove("next_action_at");
+    wrong.push((
+        "next_action_at missing",
+        mismatches(&doc, &schema, &missing),
+    ));
+    for (what, errors) in wrong {
+        assert!(!errors.is_empty(), "{what} was not caught");
+    }
+    let error = json!({ "$ref": "#/components/schemas/ErrorBody" });
+    assert!(mismatches(&doc, &error, &json!({ "error": { "code": "x" } })).len() == 1);
 }
 
 #[tokio::test]

@@ -94,9 +94,10 @@ pub struct MessageResource {
     pub outcome: String,
     pub deadline: DateTime<Utc>,
     pub sms: SmsResource,
-    #[schema(value_type = Option<Object>)]
+    #[schema(value_type = Option<Object>, required = true)]
     pub metadata: Option<serde_json::Value>,
     /// When the service will next act on the message, if it will.
+    #[schema(required = true)]
     pub next_action_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
@@ -110,10 +111,13 @@ pub struct MessageResource {
 #[derive(Serialize, ToSchema)]
 pub struct SmsResource {
     pub body: String,
+    #[schema(required = true)]
     pub from: Option<String>,
     /// Twilio's message sid.
+    #[schema(required = true)]
     pub sid: Option<String>,
     /// Twilio's latest status of the SMS (e.g. `queued`, `sent`, `delivered`).
+    #[schema(required = true)]
     pub status: Option<String>,
 }
 
@@ -125,7 +129,7 @@ pub struct EventResource {
     /// `sms_accepted`, `rcs_delivered`, `cancelled`, ….
     #[schema(example = "revoke_ok")]
     pub kind: String,
-    #[schema(value_type = Option<MessageState>)]
+    #[schema(value_type = Option<MessageState>, required = true)]
     pub state_before: Option<String>,
     #[schema(value_type = MessageState)]
     pub state: String,
@@ -498,6 +502,7 @@ pub struct ListQuery {
 pub struct ListResponse {
     pub messages: Vec<MessageResource>,
     /// Pass it back as `cursor` for the next page; `null` on the last page.
+    #[schema(required = true)]
     pub next_cursor: Option<String>,
 }
 
