@@ -277,10 +277,15 @@ fn type_of(schema: &Value) -> String {
         ("maximum", "max"),
         ("minItems", "min items"),
         ("maxItems", "max items"),
+        ("minLength", "min length"),
+        ("maxLength", "max length"),
     ] {
         if let Some(n) = schema[key].as_i64() {
             let _ = write!(result, ", {label} {n}");
         }
+    }
+    if let Some(pattern) = schema["pattern"].as_str() {
+        let _ = write!(result, ", matching <code>{}</code>", esc(pattern));
     }
     result
 }

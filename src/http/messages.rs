@@ -10,13 +10,12 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use utoipa::{IntoParams, ToSchema};
 
-use super::error::ApiError;
-use super::error::{ErrorBody, ErrorDetail};
+use super::error::{ApiError, ErrorBody, ErrorDetail};
 use super::extract::{JsonBody, MessageIdPath};
 use super::openapi::{
-    InvalidField, NotFound, PayloadTooLarge, Unauthorized, Unavailable, UnsupportedMediaType,
+    InvalidField, MessageOutcome, MessageState, NotFound, PayloadTooLarge, Unauthorized,
+    Unavailable, UnsupportedMediaType,
 };
-use super::openapi::{MessageOutcome, MessageState};
 use super::AppState;
 use crate::config::bare_agent_id;
 use crate::domain::{Input, Phone, State as MsgState, Verdict};
