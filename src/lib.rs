@@ -11,6 +11,7 @@
 pub mod app;
 pub mod bench;
 pub mod chaos;
+pub mod check_config;
 pub mod config;
 pub mod domain;
 pub mod emulator;

@@ -33,6 +33,14 @@ enum Command {
     Serve,
     /// Apply pending database migrations and exit.
     Migrate,
+    /// Load the configuration as `serve` would and check it, one line per
+    /// check; exit 0 only if none fails.
+    CheckConfig {
+        /// Also obtain a Google access token, connect to the database and
+        /// reach Twilio with the configured credentials.
+        #[arg(long)]
+        online: bool,
+    },
     /// Run the service against loopback emulators of Google and Twilio.
     Sandbox {
         /// Drive a mixed scenario, print the outcome table, and exit 0 only if
@@ -118,6 +126,21 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                 rbm_fallback::app::connect_store(&db, std::time::Duration::from_secs(1)).await?;
             rbm_fallback::app::migrate(&store, std::time::Duration::from_secs(60)).await?;
             tracing::info!("migrations applied");
+        }
+        Command::CheckConfig { online } => {
+            let checks = rbm_fallback::check_config::run(cli.config.as_deref(), online).await;
+            for check in &checks {
+                println!("{check}");
+            }
+            let failed = checks
+                .iter()
+                .filter(|c| c.verdict == rbm_fallback::check_config::Verdict::Fail)
+                .count();
+            if failed > 0 {
+                println!("{failed} check(s) failed");
+                return Ok(std::process::ExitCode::FAILURE);
+            }
+            println!("all checks passed");
         }
         Command::Chaos {
             scenarios,

@@ -468,6 +468,7 @@ fn snapshot_messages(st: &Books) -> Vec<EmuSms> {
 
 fn router(shared: Arc<Shared>) -> Router {
     Router::new()
+        .route("/2010-04-01/Accounts/{file}", get(fetch_account))
         .route(
             "/2010-04-01/Accounts/{account_sid}/Messages.json",
             post(create_message).get(list_messages),
@@ -907,6 +908,60 @@ async fn fetch_message(
             format!("The requested resource {} was not found", uri.path()),
         ),
     }
+}
+
+/// `GET /2010-04-01/Accounts/{sid}.json`: the account resource, which a
+/// credentials check fetches.
+async fn fetch_account(
+    State(shared): State<Arc<Shared>>,
+    Path(file): Path<String>,
+    OriginalUri(uri): OriginalUri,
+    headers: HeaderMap,
+) -> Response {
+    if let Some(resp) = outage(&shared) {
+        return resp;
+    }
+    let Some(sid) = file.strip_suffix(".json") else {
+        return twilio_error(
+            StatusCode::NOT_FOUND,
+            20404,
+            format!("The requested resource {} was not found", uri.path()),
+        );
+    };
+    if !authorized(&shared, sid, &headers) {
+        return unauthorized();
+    }
+    let base = format!("/{API_VERSION}/Accounts/{sid}");
+    let created = rfc2822(DateTime::<Utc>::UNIX_EPOCH + chrono::TimeDelta::days(16_000));
+    let subresources = [
+        ("addresses", "Addresses"),
+        ("conferences", "Conferences"),
+        ("incoming_phone_numbers", "IncomingPhoneNumbers"),
+        ("messages", "Messages"),
+        ("notifications", "Notifications"),
+        ("outgoing_caller_ids", "OutgoingCallerIds"),
+        ("queues", "Queues"),
+        ("recordings", "Recordings"),
+        ("calls", "Calls"),
+        ("usage", "Usage"),
+    ];
+    let uris: serde_json::Map<String, Value> = subresources
+        .iter()
+        .map(|(key, name)| ((*key).to_owned(), json!(format!("{base}/{name}.json"))))
+        .collect();
+    Json(json!({
+        "auth_token": shared.auth_token,
+        "date_created": created,
+        "date_updated": created,
+        "friendly_name": "rbm-fallback emulator",
+        "owner_account_sid": sid,
+        "sid": sid,
+        "status": "active",
+        "subresource_uris": uris,
+        "type": "Full",
+        "uri": format!("{base}.json"),
+    }))
+    .into_response()
 }
 
 fn rfc2822(t: DateTime<Utc>) -> String {
@@ -1520,6 +1575,50 @@ mod tests {
         assert_eq!(m["status"], "accepted");
         assert_eq!(m["messaging_service_sid"], mg.as_str());
         assert_eq!(m["from"], Value::Null);
+    }
+
+    #[tokio::test]
+    async fn the_account_resource_needs_its_own_credentials() {
+        let emu = emulator().await;
+        let c = client();
+        let url = format!(
+            "{}/2010-04-01/Accounts/{}.json",
+            emu.base_url(),
+            emu.account_sid()
+        );
+        let ok = c
+            .get(&url)
+            .basic_auth(emu.account_sid(), Some(emu.auth_token()))
+            .send()
+            .await
+            .expect("answer");
+        let (status, body) = json_of(ok).await;
+        assert_eq!(status, 200);
+        assert_eq!(body["sid"], emu.account_sid());
+        assert_eq!(body["status"], "active");
+        assert_eq!(
+            body["uri"],
+            format!("/2010-04-01/Accounts/{}.json", emu.account_sid())
+        );
+        let wrong = c
+            .get(&url)
+            .basic_auth(emu.account_sid(), Some("0".repeat(32)))
+            .send()
+            .await
+            .expect("answer");
+        assert_error(wrong, 401, 20003).await;
+        let other = format!(
+            "{}/2010-04-01/Accounts/AC{}.json",
+            emu.base_url(),
+            random_hex32()
+        );
+        let foreign = c
+            .get(other)
+            .basic_auth(emu.account_sid(), Some(emu.auth_token()))
+            .send()
+            .await
+            .expect("answer");
+        assert_error(foreign, 401, 20003).await;
     }
 
     #[tokio::test]

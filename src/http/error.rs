@@ -5,6 +5,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Serialize;
+use utoipa::ToSchema;
 
 use crate::store::StoreError;
 
@@ -44,17 +45,28 @@ pub enum ApiError {
     Internal(String),
 }
 
-#[derive(Serialize)]
-struct Body<'a> {
-    error: Detail<'a>,
+/// Every error answer of the service.
+#[derive(Serialize, ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
 }
 
-#[derive(Serialize)]
-struct Detail<'a> {
-    code: &'a str,
-    message: String,
+#[derive(Serialize, ToSchema)]
+pub struct ErrorDetail {
+    /// Stable, for programs: `unauthorized`, `invalid_json`, `invalid_body`,
+    /// `invalid_field`, `invalid_query`, `not_found`, `message_id_conflict`,
+    /// `not_cancellable`, `payload_too_large`, `unsupported_media_type`,
+    /// `invalid_signature`, `forbidden`, `no_route`, `method_not_allowed`,
+    /// `timeout`, `unavailable` or `internal`.
+    #[schema(example = "invalid_field")]
+    pub code: String,
+    /// For people: what is wrong.
+    #[schema(example = "must not be empty")]
+    pub message: String,
+    /// With `invalid_field` only: the field at fault, as a path.
     #[serde(skip_serializing_if = "Option::is_none")]
-    field: Option<&'a str>,
+    #[schema(value_type = String, required = false, example = "sms.body")]
+    pub field: Option<String>,
 }
 
 impl ApiError {
@@ -119,12 +131,12 @@ impl ApiError {
             other => other.to_string(),
         };
         let field = match self {
-            ApiError::Invalid { field, .. } => Some(field.as_str()),
+            ApiError::Invalid { field, .. } => Some(field.clone()),
             _ => None,
         };
-        let body = Body {
-            error: Detail {
-                code,
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: code.to_owned(),
                 message,
                 field,
             },

@@ -8,9 +8,14 @@ use base64::Engine;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use utoipa::{IntoParams, ToSchema};
 
-use super::error::ApiError;
+use super::error::{ApiError, ErrorBody, ErrorDetail};
 use super::extract::{JsonBody, MessageIdPath};
+use super::openapi::{
+    InvalidField, MessageOutcome, MessageState, NotFound, PayloadTooLarge, Unauthorized,
+    Unavailable, UnsupportedMediaType,
+};
 use super::AppState;
 use crate::config::bare_agent_id;
 use crate::domain::{Input, Phone, State as MsgState, Verdict};
@@ -20,67 +25,120 @@ pub const MAX_SMS_CHARS: usize = 1600;
 const MAX_METADATA_BYTES: usize = 4096;
 const MAX_PAGE: i64 = 500;
 
-#[derive(Deserialize, Serialize)]
+/// A message the agent has sent to Google, registered for fallback. Give
+/// exactly one of `deadline` and `revoke_after_secs`.
+#[derive(Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({
+    "phone": "+14155550123",
+    "message_id": "0f4c5a36-9f0b-4c4e-8d3b-2b7c1a9e6d10",
+    "revoke_after_secs": 300,
+    "sms": { "body": "Your code is 123456" },
+    "metadata": { "order": "A-1001" }
+}))]
 pub struct CreateMessage {
+    /// The RBM agent, with or without `@rbm.goog`; it must be the configured
+    /// one. Defaults to it.
     #[serde(default)]
     pub agent_id: Option<String>,
+    /// The recipient, in E.164.
+    #[schema(example = "+14155550123", pattern = r"^\+[1-9][0-9]{7,14}$")]
     pub phone: String,
+    /// The RBM `messageId` the agent used: 1 to 128 characters from
+    /// `A-Z a-z 0-9 - _ . : ~`.
+    #[schema(
+        example = "0f4c5a36-9f0b-4c4e-8d3b-2b7c1a9e6d10",
+        pattern = r"^[A-Za-z0-9._:~-]{1,128}$"
+    )]
     pub message_id: String,
+    /// When to revoke the RCS if it is not delivered: RFC 3339, in the
+    /// future, at most `fallback.max_deadline_secs` ahead.
     #[serde(default)]
+    #[schema(format = DateTime)]
     pub deadline: Option<String>,
+    /// Revoke this many seconds after registration instead of at `deadline`.
     #[serde(default)]
+    #[schema(minimum = 1)]
     pub revoke_after_secs: Option<i64>,
     pub sms: SmsRequest,
+    /// Any JSON object of at most 4096 bytes, returned as given.
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     pub metadata: Option<serde_json::Value>,
     /// Where this message's outcome callbacks go, instead of the default.
     #[serde(default)]
     pub callback_url: Option<String>,
 }
 
-#[derive(Deserialize, Serialize)]
+/// The SMS to send if the RCS is not delivered in time.
+#[derive(Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SmsRequest {
+    /// Not blank, at most 1600 characters.
+    #[schema(example = "Your code is 123456", min_length = 1, max_length = 1600)]
     pub body: String,
+    /// A sender for this message (E.164 number or alphanumeric sender id of
+    /// at most 11 characters) instead of the configured one.
     #[serde(default)]
     pub from: Option<String>,
 }
 
-#[derive(Serialize)]
+/// A registered message, its state and (when read one by one) its history.
+#[derive(Serialize, ToSchema)]
 pub struct MessageResource {
     pub message_id: String,
+    /// The bare agent id.
     pub agent_id: String,
     pub phone: String,
+    #[schema(value_type = MessageState)]
     pub state: String,
+    #[schema(value_type = MessageOutcome)]
     pub outcome: String,
     pub deadline: DateTime<Utc>,
     pub sms: SmsResource,
+    #[schema(value_type = Option<Object>, required = true)]
     pub metadata: Option<serde_json::Value>,
     /// The message's own callback URL, if it has one.
     pub callback_url: Option<String>,
     /// When the service will next act on the message, if it will.
+    #[schema(required = true)]
     pub next_action_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// The ordered history; present on single reads, absent in lists.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Vec<EventResource>, required = false)]
     pub events: Option<Vec<EventResource>>,
 }
 
-#[derive(Serialize)]
+/// The fallback SMS and, once Twilio has it, its sid and latest status.
+#[derive(Serialize, ToSchema)]
 pub struct SmsResource {
     pub body: String,
+    #[schema(required = true)]
     pub from: Option<String>,
+    /// Twilio's message sid.
+    #[schema(required = true)]
     pub sid: Option<String>,
+    /// Twilio's latest status of the SMS (e.g. `queued`, `sent`, `delivered`).
+    #[schema(required = true)]
     pub status: Option<String>,
 }
 
-#[derive(Serialize)]
+/// One step of a message's history.
+#[derive(Serialize, ToSchema)]
 pub struct EventResource {
     pub at: DateTime<Utc>,
+    /// What happened: `registered`, `revoke_attempt`, `revoke_ok`,
+    /// `sms_accepted`, `rcs_delivered`, `cancelled`, ….
+    #[schema(example = "revoke_ok")]
     pub kind: String,
+    #[schema(value_type = Option<MessageState>, required = true)]
     pub state_before: Option<String>,
+    #[schema(value_type = MessageState)]
     pub state: String,
+    /// What happened, e.g. a Twilio error code or the status Google answered.
+    #[schema(value_type = Object)]
     pub detail: serde_json::Value,
 }
 
@@ -304,6 +362,26 @@ fn contains_nul(v: &serde_json::Value) -> bool {
     }
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/messages",
+    tag = "messages",
+    operation_id = "createMessage",
+    summary = "Register a message for fallback",
+    request_body = CreateMessage,
+    responses(
+        (status = 201, description = "Registered.", body = MessageResource),
+        (status = 200, description = "An identical repeat: the stored resource, in whatever state it has reached.", body = MessageResource),
+        (status = 400, description = "`invalid_json`: malformed JSON; `invalid_body`: the body could not be read.", body = ErrorBody),
+        (status = 401, response = Unauthorized),
+        (status = 409, description = "`message_id_conflict`: the id is registered with different content.", body = ErrorBody),
+        (status = 413, response = PayloadTooLarge),
+        (status = 415, response = UnsupportedMediaType),
+        (status = 422, response = InvalidField),
+        (status = 503, response = Unavailable),
+    ),
+    security(("bearer" = []))
+)]
 pub async fn create(
     State(state): State<AppState>,
     JsonBody(req): JsonBody<CreateMessage>,
@@ -343,6 +421,21 @@ pub async fn create(
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/messages/{message_id}",
+    tag = "messages",
+    operation_id = "getMessage",
+    summary = "Read a message with its history",
+    params(("message_id" = String, Path, description = "The RBM `messageId` it was registered with.")),
+    responses(
+        (status = 200, description = "The message with its `events`.", body = MessageResource),
+        (status = 401, response = Unauthorized),
+        (status = 404, response = NotFound),
+        (status = 503, response = Unavailable),
+    ),
+    security(("bearer" = []))
+)]
 pub async fn get(
     State(state): State<AppState>,
     MessageIdPath(id): MessageIdPath,
@@ -357,6 +450,23 @@ fn not_found(id: &str) -> ApiError {
     ApiError::NotFound(format!("no message {shown:?}"))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/v1/messages/{message_id}",
+    tag = "messages",
+    operation_id = "cancelMessage",
+    summary = "Cancel a pending message",
+    description = "No fallback is needed after all. Only a `pending` message can be cancelled; cancelling a cancelled one again answers 200.",
+    params(("message_id" = String, Path, description = "The RBM `messageId` it was registered with.")),
+    responses(
+        (status = 200, description = "Cancelled (now or before).", body = MessageResource),
+        (status = 401, response = Unauthorized),
+        (status = 404, response = NotFound),
+        (status = 409, description = "`not_cancellable`: revocation has begun or the message is finished.", body = ErrorBody),
+        (status = 503, response = Unavailable),
+    ),
+    security(("bearer" = []))
+)]
 pub async fn cancel(
     State(state): State<AppState>,
     MessageIdPath(id): MessageIdPath,
@@ -394,20 +504,45 @@ pub async fn cancel(
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
+    /// Only messages in this state.
+    #[param(value_type = Option<MessageState>)]
     state: Option<String>,
+    /// Page size, 1 to 500 (default 50).
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 500)]
     limit: Option<String>,
+    /// The `next_cursor` of the previous page.
+    #[param(min_length = 1)]
     cursor: Option<String>,
 }
 
-#[derive(Serialize)]
+/// One page of messages, newest first, without their histories.
+#[derive(Serialize, ToSchema)]
 pub struct ListResponse {
     pub messages: Vec<MessageResource>,
+    /// Pass it back as `cursor` for the next page; `null` on the last page.
+    #[schema(required = true)]
     pub next_cursor: Option<String>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/messages",
+    tag = "messages",
+    operation_id = "listMessages",
+    summary = "List messages, newest first",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "One page.", body = ListResponse),
+        (status = 400, description = "`invalid_query`: a bad `state`, `limit` or `cursor`, or an unknown parameter.", body = ErrorBody),
+        (status = 401, response = Unauthorized),
+        (status = 503, response = Unavailable),
+    ),
+    security(("bearer" = []))
+)]
 pub async fn list(
     State(state): State<AppState>,
     query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
@@ -463,23 +598,35 @@ pub(super) fn decode_cursor(c: &str) -> Option<i64> {
 
 pub const MAX_BATCH: usize = 1000;
 
-#[derive(Deserialize)]
+/// Registrations to store together.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BatchRequest {
+    /// 1 to 1000 registrations; each is validated and answered on its own.
+    #[schema(value_type = Vec<CreateMessage>, min_items = 1, max_items = 1000)]
     messages: Vec<Box<serde_json::value::RawValue>>,
 }
 
-#[derive(Serialize)]
+/// The answer to one item of a batch, as the single endpoint would give it.
+#[derive(Serialize, ToSchema)]
 pub struct BatchItem {
+    /// The item's position in the request.
     pub index: usize,
+    /// 201 (created), 200 (identical repeat), 409 or a 4xx validation error.
+    #[schema(example = 201)]
     pub status: u16,
+    /// Present unless the item failed.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = MessageResource, required = false)]
     pub message: Option<MessageResource>,
+    /// Present if the item failed.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = ErrorDetail, required = false)]
     pub error: Option<serde_json::Value>,
 }
 
-#[derive(Serialize)]
+/// Counts per kind of answer, and one result per item in request order.
+#[derive(Serialize, ToSchema)]
 pub struct BatchResponse {
     pub created: usize,
     pub existing: usize,
@@ -490,6 +637,25 @@ pub struct BatchResponse {
 /// `POST /v1/messages:batch`: each item is validated on its own and answered
 /// as the single endpoint would; the accepted ones are stored in one
 /// transaction.
+#[utoipa::path(
+    post,
+    path = "/v1/messages:batch",
+    tag = "messages",
+    operation_id = "createMessages",
+    summary = "Register up to 1000 messages at once",
+    description = "Each item is validated and answered as `POST /v1/messages` would answer it; the accepted ones are stored in one transaction.",
+    request_body = BatchRequest,
+    responses(
+        (status = 200, description = "One result per item.", body = BatchResponse),
+        (status = 400, description = "`invalid_json`: malformed JSON; `invalid_body`: the body could not be read.", body = ErrorBody),
+        (status = 401, response = Unauthorized),
+        (status = 413, response = PayloadTooLarge),
+        (status = 415, response = UnsupportedMediaType),
+        (status = 422, description = "`invalid_field`: `messages` is missing, empty, too long or not an array of objects, or an unknown field was given.", body = ErrorBody),
+        (status = 503, response = Unavailable),
+    ),
+    security(("bearer" = []))
+)]
 pub async fn create_batch(
     State(state): State<AppState>,
     JsonBody(req): JsonBody<BatchRequest>,

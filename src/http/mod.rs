@@ -4,10 +4,12 @@
 
 mod auth;
 mod dashboard;
+mod docs;
 pub mod error;
 mod extract;
 pub mod messages;
 mod metrics;
+pub mod openapi;
 mod operations;
 mod rbm_webhook;
 mod twilio_webhook;
@@ -149,6 +151,8 @@ pub fn router(state: AppState) -> Router {
         .merge(operator)
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/openapi.json", get(openapi::json))
+        .route("/docs", get(openapi::docs))
         .fallback(|| async { ApiError::NoRoute })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .with_state(state)
@@ -199,10 +203,39 @@ async fn within(timeout: std::time::Duration, req: Request, next: Next) -> Respo
     }
 }
 
+/// `{"status": "ok"}` or, from `/readyz`, `{"status": "ready" | "unavailable", "reason"?}`.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+struct Health {
+    #[schema(example = "ok")]
+    status: String,
+    /// Why the service is not ready.
+    #[schema(required = false)]
+    reason: Option<String>,
+}
+
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "health",
+    operation_id = "healthz",
+    summary = "Liveness: the process runs",
+    responses((status = 200, description = "`{\"status\": \"ok\"}`", body = Health))
+)]
 async fn healthz() -> Json<serde_json::Value> {
     Json(serde_json::json!({ "status": "ok" }))
 }
 
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "health",
+    operation_id = "readyz",
+    summary = "Readiness: the database answers and every migration is applied",
+    responses(
+        (status = 200, description = "`{\"status\": \"ready\"}`", body = Health),
+        (status = 503, description = "`{\"status\": \"unavailable\", \"reason\": …}`", body = Health),
+    )
+)]
 async fn readyz(State(state): State<AppState>) -> Response {
     match state.store.readiness().await {
         Ok(()) => Json(serde_json::json!({ "status": "ready" })).into_response(),

@@ -13,10 +13,12 @@ use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD};
 use base64::Engine;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
+use utoipa::ToSchema;
 
-use super::error::ApiError;
+use super::error::{ApiError, ErrorBody};
 use super::extract::RawBody;
 use super::messages::validate_message_id;
+use super::openapi::{PayloadTooLarge, Unavailable};
 use super::AppState;
 use crate::config::bare_agent_id;
 use crate::domain::Input;
@@ -28,18 +30,46 @@ use crate::store::{Ingested, RbmEvent};
 /// 2.7 kB, so a longer one is stored as its digest instead.
 const MAX_KEY_BYTES: usize = 256;
 
-#[derive(Deserialize)]
-struct Envelope {
+/// A signed event, in a Pub/Sub push envelope.
+#[derive(Deserialize, ToSchema)]
+#[schema(as = RbmEventEnvelope)]
+pub(crate) struct Envelope {
     message: PubSubMessage,
 }
 
-#[derive(Deserialize)]
-struct PubSubMessage {
+#[derive(Deserialize, ToSchema)]
+#[schema(as = RbmPubSubMessage)]
+pub(crate) struct PubSubMessage {
+    /// The event JSON, base64-encoded; `X-Goog-Signature` signs its bytes.
     data: String,
+    /// `type: agent_launch_event` marks an agent launch event.
     #[serde(default)]
+    #[schema(value_type = Object)]
     attributes: serde_json::Map<String, serde_json::Value>,
     #[serde(default, rename = "messageId")]
     message_id: Option<String>,
+}
+
+/// Google's verification handshake, sent when the webhook URL is set.
+#[derive(Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+#[schema(as = RbmVerification)]
+#[allow(dead_code)] // Documents the body; `handshake` reads it as JSON.
+pub(crate) struct Verification {
+    /// Must equal `rbm.client_token`.
+    client_token: String,
+    /// Answered back as the body of the 200.
+    secret: String,
+}
+
+/// What Google posts: the handshake once, then events.
+#[derive(Deserialize, ToSchema)]
+#[serde(untagged)]
+#[schema(as = RbmWebhookRequest)]
+#[allow(dead_code)] // Documents the body; `decode` reads it without this type.
+pub(crate) enum WebhookRequest {
+    Verification(Verification),
+    Event(Envelope),
 }
 
 /// A webhook request, decoded and verified.
@@ -221,6 +251,27 @@ fn relayed_headers(headers: &HeaderMap) -> serde_json::Value {
     serde_json::Value::Object(out)
 }
 
+#[utoipa::path(
+    post,
+    path = "/webhooks/rbm",
+    tag = "webhooks",
+    operation_id = "rbmWebhook",
+    summary = "Google's RBM webhook: the verification handshake, then signed events",
+    description = "Every signed event is recorded before the 200 (duplicates included); any other answer makes Google deliver it again.",
+    params(("X-Goog-Signature" = Option<String>, Header, description = "Base64 HMAC-SHA512 of the decoded `message.data`, keyed with the client token; required for events.")),
+    request_body(content = WebhookRequest, content_type = "application/json"),
+    responses(
+        (status = 200, description = "The handshake's `secret` as text, or `{}` once an event is recorded.", content(
+            (String = "text/plain"),
+            (Object = "application/json"),
+        )),
+        (status = 400, description = "`invalid_json`: not JSON, not an envelope, or an event that is not a JSON object; `invalid_body`: unreadable body.", body = ErrorBody),
+        (status = 401, description = "`invalid_signature`: `X-Goog-Signature` missing, repeated or wrong; nothing was recorded.", body = ErrorBody),
+        (status = 403, description = "`forbidden`: a handshake with the wrong client token.", body = ErrorBody),
+        (status = 413, response = PayloadTooLarge),
+        (status = 503, response = Unavailable),
+    )
+)]
 pub async fn receive(
     State(state): State<AppState>,
     headers: HeaderMap,

@@ -5,14 +5,49 @@
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, Uri};
 
-use super::error::ApiError;
+use super::error::{ApiError, ErrorBody};
 use super::extract::RawBody;
 use super::messages::validate_message_id;
+use super::openapi::{PayloadTooLarge, Unavailable};
 use super::AppState;
 use crate::domain::{Input, SmsStatus};
 use crate::signature::twilio_verify;
 use crate::store::OutsideInput;
 
+/// A status callback, as Twilio posts it (only the fields this service reads).
+#[derive(utoipa::ToSchema)]
+#[schema(as = TwilioStatusCallback)]
+#[allow(dead_code, non_snake_case)] // Documents the form; the handler reads it as pairs.
+pub(crate) struct StatusForm {
+    /// The SMS's sid.
+    MessageSid: String,
+    /// `queued`, `sent`, `delivered`, `undelivered`, `failed`, ….
+    MessageStatus: String,
+    /// Twilio's error code, with `undelivered` and `failed`.
+    #[schema(required = false)]
+    ErrorCode: String,
+}
+
+#[utoipa::path(
+    post,
+    path = "/webhooks/twilio/status",
+    tag = "webhooks",
+    operation_id = "twilioStatus",
+    summary = "Twilio's status callbacks for the SMS sent",
+    description = "Signed callbacks are applied monotonically (a late `sent` never replaces `delivered`) and answered 200, also when they name nothing of ours.",
+    params(
+        ("message_id" = Option<String>, Query, description = "The message the callback is about, as put in the StatusCallback URL."),
+        ("X-Twilio-Signature" = String, Header, description = "Twilio's signature of the public URL and the form."),
+    ),
+    request_body(content = StatusForm, content_type = "application/x-www-form-urlencoded"),
+    responses(
+        (status = 200, description = "Applied, or nothing to apply."),
+        (status = 400, description = "`invalid_body`: not a form-encoded body.", body = ErrorBody),
+        (status = 403, description = "`forbidden`: `X-Twilio-Signature` missing, repeated or wrong.", body = ErrorBody),
+        (status = 413, response = PayloadTooLarge),
+        (status = 503, response = Unavailable),
+    )
+)]
 pub async fn status(
     State(state): State<AppState>,
     uri: Uri,

@@ -431,6 +431,7 @@ rbm-fallback sandbox is running.
   Twilio emulator {twilio}
   dashboard       {url}/dashboard?token={token}
   metrics         {url}/metrics
+  API reference   {url}/docs   (OpenAPI document: {url}/openapi.json)
 
 Phones deliver RCS 3 s after it is sent; the confirm window is {window} ms.
 Try it: send an RCS as the agent would, then register it with a 2 s deadline.
