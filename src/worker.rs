@@ -86,6 +86,8 @@ impl Worker {
         let listener = tokio::spawn(listen(self.store.clone(), wake.clone(), shutdown.clone()));
         let permits = Arc::new(Semaphore::new(self.settings.concurrency));
         let recorder = recorder(self.store.clone(), self.policy, self.settings.batch_size);
+        // Claims being worked on, to hand back if shutdown cuts them short.
+        let in_flight: Arc<std::sync::Mutex<HashMap<i64, uuid::Uuid>>> = Default::default();
         let mut db_backoff = Duration::from_millis(100);
         info!(concurrency = self.settings.concurrency, "scheduler started");
 
@@ -111,9 +113,13 @@ impl Worker {
                     for (claim, permit) in claims.into_iter().zip(held.drain(..)) {
                         let (me, recorder) = (self.clone(), recorder.clone());
                         let span = tracing::info_span!("message", message_id = %claim.message.message_id, action = ?claim.action);
+                        let held = in_flight.clone();
+                        let id = claim.message.id;
+                        lock(&held).insert(id, claim.token);
                         tokio::spawn(
                             async move {
                                 me.handle(claim, &recorder).await;
+                                lock(&held).remove(&id);
                                 drop(permit);
                             }
                             .instrument(span),
@@ -151,13 +157,24 @@ impl Worker {
 
         listener.abort();
         // Let calls in flight record their results; whatever cannot finish in
-        // time is taken over by another worker once its lease expires.
+        // time is handed back: due at once, still carrying its claim, so the
+        // next worker (another replica, or this one restarted) takes it over
+        // without waiting for the lease and treats the call as in doubt.
         let all = self.settings.concurrency as u32;
         if tokio::time::timeout(grace, permits.acquire_many(all))
             .await
             .is_err()
         {
-            warn!("calls still in flight at shutdown; their leases will expire and be taken over");
+            let cut: Vec<(i64, uuid::Uuid)> = lock(&in_flight).drain().collect();
+            match self.store.release_claims(&cut).await {
+                Ok(n) => warn!(
+                    released = n,
+                    "calls still in flight at shutdown; their claims were handed back"
+                ),
+                Err(e) => {
+                    warn!(error = %e, "calls still in flight at shutdown; their leases will expire and be taken over")
+                }
+            }
         }
         info!("scheduler stopped");
     }
@@ -467,6 +484,10 @@ fn url_encode(s: &str) -> String {
             _ => format!("%{b:02X}"),
         })
         .collect()
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Records workers' results in batches (group commit): under load one

@@ -396,3 +396,30 @@ async fn graceful_shutdown_exits_cleanly_and_work_resumes_after_restart() {
     h.wait_state(&id, "sms_delivered").await;
     assert_eq!(h.sms_to(phone).await, 1);
 }
+
+#[tokio::test]
+async fn shutdown_hands_back_claims_it_cannot_finish() {
+    // A lease far longer than the test: the message can only move on after
+    // the restart if the shutdown handed its claim back.
+    let mut h = start_with(|c| {
+        c.env
+            .push(("RBMF__WORKER__LEASE_MS".into(), "600000".into()));
+        c.env
+            .push(("RBMF__SERVER__SHUTDOWN_GRACE_MS".into(), "200".into()));
+    })
+    .await;
+    let phone = "+15550000017";
+    // Twilio takes the SMS but answers only long after the shutdown.
+    h.s.twilio
+        .queue_create_faults(vec![CreateFault::Hang(Duration::from_secs(20))]);
+    let id = h.send_and_register(phone, 100).await;
+    h.wait_state(&id, "sms_sending").await;
+    h.s.stop().expect("clean shutdown");
+    h.s.restart().unwrap();
+    h.wait_ready().await;
+    let m = h.wait_state(&id, "sms_delivered").await;
+    // The next claim treated the cut-short send as in doubt: it looked at
+    // Twilio first and found the SMS instead of sending another.
+    assert!(kinds(&m).iter().filter(|k| *k == "sms_attempt").count() >= 2);
+    assert_eq!(h.sms_to(phone).await, 1);
+}

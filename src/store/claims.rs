@@ -114,4 +114,24 @@ impl Store {
         self.poke(due_in);
         Ok(applied)
     }
+
+    /// Hands claims back at shutdown: each message still held by its claim
+    /// becomes due now. The claim's token stays, so the next claim knows the
+    /// call may have taken effect. Returns how many were handed back.
+    pub async fn release_claims(&self, claims: &[(i64, Uuid)]) -> Result<u64, StoreError> {
+        if claims.is_empty() {
+            return Ok(0);
+        }
+        let (ids, tokens): (Vec<i64>, Vec<Uuid>) = claims.iter().copied().unzip();
+        Ok(sqlx::query!(
+            "UPDATE messages AS m SET due_at = now()
+             FROM UNNEST($1::bigint[], $2::uuid[]) AS c(id, token)
+             WHERE m.id = c.id AND m.lease_token = c.token",
+            &ids,
+            &tokens
+        )
+        .execute(&self.pool)
+        .await?
+        .rows_affected())
+    }
 }
