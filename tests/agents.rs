@@ -331,6 +331,11 @@ async fn an_agent_s_api_token_acts_only_for_that_agent() {
     let all = ids(all);
     assert!(all.contains(&a_id) && all.contains(&b_id), "{all:?}");
 
+    // The operator page shows every agent: not for a limited token.
+    let page = t.h.url("/dashboard");
+    assert_eq!(b_only.get(&page).send().await.unwrap().status(), 401);
+    assert_eq!(t.h.api.get(&page).send().await.unwrap().status(), 200);
+
     // Its own message it may cancel.
     let r = b_only
         .delete(t.h.url(&format!("/v1/messages/{b_id}")))

@@ -73,8 +73,12 @@ pub async fn require_token_or_query(
             .find(|(k, _)| k == "token")
             .map(|(_, v)| v)
     });
+    // The page shows every agent's messages: a token limited to some agents
+    // does not open it.
     let ok = match (bearer(&req), from_query.as_deref()) {
-        (Some(t), _) | (None, Some(t)) => is_api_token(&state, t),
+        (Some(t), _) | (None, Some(t)) => {
+            is_api_token(&state, t) && scope_of(&state, t).0.is_none()
+        }
         (None, None) => false,
     };
     if ok {

@@ -54,7 +54,8 @@ pub struct SandboxConfig {
     /// Seeds the emulators' deterministic parts.
     pub seed: u64,
     /// A config file layered under `env`, as `--config` would be; e.g. to
-    /// add `[[agents]]` beside the emulator's own.
+    /// add `[[agents]]` beside the emulator's own. Services in this process
+    /// only: child processes get the environment alone.
     pub config_file: Option<PathBuf>,
 }
 
