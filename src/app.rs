@@ -72,16 +72,23 @@ pub async fn run(
         TokenSource::from_key_file(&settings.rbm.service_account_key, settings.rbm.timeout)
             .await
             .context("RBMF_RBM_SERVICE_ACCOUNT_KEY")?;
+    let mut rbm = RbmClient::new(&settings.rbm, tokens);
+    for agent in &settings.agents[1..] {
+        let tokens = TokenSource::from_key_file(&agent.service_account_key, settings.rbm.timeout)
+            .await
+            .with_context(|| format!("the service_account_key of agent {}", agent.id))?;
+        rbm = rbm.with_agent(&agent.id, &agent.base_url, tokens);
+    }
     let metrics = crate::metrics::Metrics::new();
     let worker = Arc::new(Worker {
         store: store.clone(),
-        rbm: RbmClient::new(&settings.rbm, tokens).with_metrics(metrics.clone()),
+        rbm: rbm.with_metrics(metrics.clone()),
         twilio: TwilioClient::new(&settings.twilio).with_metrics(metrics.clone()),
         metrics: metrics.clone(),
         policy: policy(&settings),
         settings: settings.worker.clone(),
         public_url: settings.server.public_url.clone(),
-        limits: crate::worker::Limits::new(&settings.worker),
+        limits: crate::worker::Limits::new(&settings.worker).with_agents(&settings.agents),
     });
     let grace = settings.server.shutdown_grace;
     let scheduler = tokio::spawn(worker.run(shutdown.clone(), grace));

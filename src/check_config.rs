@@ -135,23 +135,33 @@ async fn check_all(settings: &Settings, online: bool, checks: &mut Vec<Check>) {
         (Ok(o), true) => connect(o.clone(), settings.database.acquire_timeout).await,
     });
 
-    let key = read_key(&settings.rbm.service_account_key);
-    checks.push(match &key {
-        Ok(k) => ok(
-            KEY,
-            format!(
-                "{}: service account {}, RSA key of {} bits, token endpoint {}",
-                settings.rbm.service_account_key.display(),
-                k.client_email,
-                k.bits,
-                k.token_uri
+    // One key per agent; with several, each line names its agent.
+    let several = settings.agents.len() > 1;
+    let keys: Vec<_> = settings
+        .agents
+        .iter()
+        .map(|a| {
+            let path = &a.service_account_key;
+            let named = if several {
+                format!("agent {}: {}", a.id, path.display())
+            } else {
+                path.display().to_string()
+            };
+            (a, named, read_key(path))
+        })
+        .collect();
+    for (_, named, key) in &keys {
+        checks.push(match key {
+            Ok(k) => ok(
+                KEY,
+                format!(
+                    "{named}: service account {}, RSA key of {} bits, token endpoint {}",
+                    k.client_email, k.bits, k.token_uri
+                ),
             ),
-        ),
-        Err(why) => fail(
-            KEY,
-            format!("{}: {why}", settings.rbm.service_account_key.display()),
-        ),
-    });
+            Err(why) => fail(KEY, format!("{named}: {why}")),
+        });
+    }
 
     let tokens = &settings.server.api_tokens;
     checks.push(ok(
@@ -176,11 +186,20 @@ async fn check_all(settings: &Settings, online: bool, checks: &mut Vec<Check>) {
 
     checks.push(twilio_shape(settings));
 
-    checks.push(match (&key, online) {
-        (Err(_), _) => skipped(GOOGLE_TOKEN, "the key is unusable"),
-        (Ok(_), false) => skipped(GOOGLE_TOKEN, offline),
-        (Ok(k), true) => google_token(settings, &k.token_uri).await,
-    });
+    for (agent, _, key) in &keys {
+        let whose = if several {
+            format!("agent {}: ", agent.id)
+        } else {
+            String::new()
+        };
+        checks.push(match (key, online) {
+            (Err(_), _) => skipped(GOOGLE_TOKEN, format!("{whose}the key is unusable")),
+            (Ok(_), false) => skipped(GOOGLE_TOKEN, format!("{whose}{offline}")),
+            (Ok(k), true) => {
+                google_token(&agent.service_account_key, settings, &k.token_uri, &whose).await
+            }
+        });
+    }
     checks.push(if online {
         twilio_account(settings).await
     } else {
@@ -281,19 +300,14 @@ fn twilio_shape(settings: &Settings) -> Check {
     )
 }
 
-async fn google_token(settings: &Settings, token_uri: &str) -> Check {
-    let tokens = match crate::google::TokenSource::from_key_file(
-        &settings.rbm.service_account_key,
-        settings.rbm.timeout,
-    )
-    .await
-    {
+async fn google_token(key: &Path, settings: &Settings, token_uri: &str, whose: &str) -> Check {
+    let tokens = match crate::google::TokenSource::from_key_file(key, settings.rbm.timeout).await {
         Ok(t) => t,
-        Err(e) => return fail(GOOGLE_TOKEN, e.to_string()),
+        Err(e) => return fail(GOOGLE_TOKEN, format!("{whose}{e}")),
     };
     match tokens.token().await {
-        Ok(_) => ok(GOOGLE_TOKEN, format!("obtained from {token_uri}")),
-        Err(e) => fail(GOOGLE_TOKEN, format!("{e} (from {token_uri})")),
+        Ok(_) => ok(GOOGLE_TOKEN, format!("{whose}obtained from {token_uri}")),
+        Err(e) => fail(GOOGLE_TOKEN, format!("{whose}{e} (from {token_uri})")),
     }
 }
 

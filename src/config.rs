@@ -84,6 +84,32 @@ pub struct Settings {
     pub relay: RelaySettings,
     pub callbacks: CallbackSettings,
     pub outbox: OutboxSettings,
+    /// Every agent this deployment serves, the default one (`rbm`) first.
+    pub agents: Vec<AgentSettings>,
+}
+
+/// One RBM agent: `[rbm]`, and each `[[agents]]` entry of the config file.
+#[derive(Clone, Debug)]
+pub struct AgentSettings {
+    /// Bare agent id, without "@rbm.goog".
+    pub id: String,
+    pub client_token: Secret,
+    pub base_url: String,
+    pub service_account_key: PathBuf,
+    pub relay_url: Option<String>,
+    /// `None`: `worker.rbm_rate_per_sec`.
+    pub rbm_rate_per_sec: Option<u32>,
+    /// `None`: `worker.twilio_rate_per_sec`.
+    pub twilio_rate_per_sec: Option<u32>,
+    /// Used when a registration gives neither `deadline` nor
+    /// `revoke_after_secs`; `None`: one of them is required.
+    pub default_deadline: Option<Duration>,
+    /// The SMS sender when a registration names none; `None`: Twilio's.
+    pub sms_from: Option<String>,
+    /// API tokens that may act for this agent. A token listed under some
+    /// agent acts only for the agents listing it; any other API token acts
+    /// for every agent.
+    pub api_tokens: Vec<Secret>,
 }
 
 #[derive(Clone, Debug)]
@@ -199,6 +225,14 @@ pub struct WorkerSettings {
     pub twilio_rate_per_sec: u32,
 }
 
+impl Settings {
+    /// The configured agent with this id (bare or with "@rbm.goog").
+    pub fn agent(&self, id: &str) -> Option<&AgentSettings> {
+        let id = bare_agent_id(id);
+        self.agents.iter().find(|a| a.id == id)
+    }
+}
+
 /// Strips the "@rbm.goog" that webhook payloads carry: both forms name one agent.
 pub fn bare_agent_id(id: &str) -> &str {
     id.strip_suffix("@rbm.goog").unwrap_or(id)
@@ -282,6 +316,7 @@ fn deserialize<T: serde::de::DeserializeOwned>(
             None => e.path().to_string(),
         };
         let setting = match path.split_once('.') {
+            Some((section, _)) if section.starts_with("agents[") => path,
             Some((section, key)) => format!("{} ({path})", Settings::env_name_of(section, key)),
             None => path,
         };
@@ -386,6 +421,144 @@ struct Raw {
     telemetry: RawTelemetry,
     callbacks: RawCallbacks,
     outbox: RawOutbox,
+    #[serde(default)]
+    agents: Vec<RawAgent>,
+}
+
+/// One `[[agents]]` entry; only the file can give these.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawAgent {
+    id: Option<String>,
+    base_url: Option<String>,
+    region: Option<String>,
+    service_account_key: Option<String>,
+    client_token: Option<String>,
+    relay_url: Option<String>,
+    rbm_rate_per_sec: Option<u32>,
+    twilio_rate_per_sec: Option<u32>,
+    default_deadline_secs: Option<u64>,
+    sms_from: Option<String>,
+    #[serde(default)]
+    api_tokens: Vec<String>,
+}
+
+/// The regional RBM hosts an agent may live in.
+const REGIONS: &[&str] = &["us", "europe", "asia"];
+
+fn agent_invalid(i: usize, key: &str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        setting: format!("agents[{i}].{key}"),
+        message: message.into(),
+    }
+}
+
+fn valid_agent_id(id: &str) -> bool {
+    !id.is_empty()
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+}
+
+impl RawAgent {
+    fn validate(&self, i: usize, max_deadline: Duration) -> Result<AgentSettings, ConfigError> {
+        let text = |key: &str, v: &Option<String>| -> Result<String, ConfigError> {
+            match v.as_deref().map(str::trim) {
+                Some(v) if !v.is_empty() => Ok(v.to_owned()),
+                _ => Err(agent_invalid(i, key, "is required")),
+            }
+        };
+        let id = bare_agent_id(&text("id", &self.id)?).to_owned();
+        if !valid_agent_id(&id) {
+            return Err(agent_invalid(
+                i,
+                "id",
+                format!("unexpected characters in {id:?}"),
+            ));
+        }
+        let base_url = match (&self.base_url, &self.region) {
+            (Some(_), Some(_)) => {
+                return Err(agent_invalid(
+                    i,
+                    "region",
+                    "give base_url or region, not both",
+                ))
+            }
+            (Some(url), None) => http_url("agents", "base_url", url)
+                .map_err(|e| agent_invalid(i, "base_url", e.to_string()))?,
+            (None, Some(region)) if REGIONS.contains(&region.trim()) => {
+                format!(
+                    "https://{}-rcsbusinessmessaging.googleapis.com",
+                    region.trim()
+                )
+            }
+            (None, Some(region)) => {
+                return Err(agent_invalid(
+                    i,
+                    "region",
+                    format!("unknown region {region:?}; one of {}", REGIONS.join(", ")),
+                ))
+            }
+            (None, None) => "https://rcsbusinessmessaging.googleapis.com".to_owned(),
+        };
+        let relay_url = match self.relay_url.as_deref().map(str::trim) {
+            None | Some("") => None,
+            Some(v) => Some(
+                crate::outbox::validate_target_url(v)
+                    .map_err(|e| agent_invalid(i, "relay_url", e))?,
+            ),
+        };
+        let default_deadline = match self.default_deadline_secs {
+            None => None,
+            Some(secs) if secs >= 1 && secs <= max_deadline.as_secs() => {
+                Some(Duration::from_secs(secs))
+            }
+            Some(_) => {
+                return Err(agent_invalid(
+                    i,
+                    "default_deadline_secs",
+                    format!(
+                        "must be between 1 and fallback.max_deadline_secs ({})",
+                        max_deadline.as_secs()
+                    ),
+                ))
+            }
+        };
+        let api_tokens: Vec<Secret> = self
+            .api_tokens
+            .iter()
+            .map(|t| t.trim())
+            .filter(|t| !t.is_empty())
+            .map(Secret::new)
+            .collect();
+        if api_tokens.iter().any(|t| t.expose().len() < 16) {
+            return Err(agent_invalid(
+                i,
+                "api_tokens",
+                "each token must be at least 16 characters",
+            ));
+        }
+        Ok(AgentSettings {
+            id,
+            client_token: Secret::new(text("client_token", &self.client_token)?),
+            base_url,
+            service_account_key: PathBuf::from(text(
+                "service_account_key",
+                &self.service_account_key,
+            )?),
+            relay_url,
+            rbm_rate_per_sec: self.rbm_rate_per_sec,
+            twilio_rate_per_sec: self.twilio_rate_per_sec,
+            default_deadline,
+            sms_from: self
+                .sms_from
+                .as_deref()
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned),
+            api_tokens,
+        })
+    }
 }
 
 #[derive(Deserialize)]
@@ -656,28 +829,47 @@ impl Raw {
 
         let database = self.database.validate()?;
 
+        // `[rbm]` (with its environment names) is the default agent; it may
+        // be left empty when the file lists `[[agents]]`.
         let r = &self.rbm;
-        let agent_id = bare_agent_id(&required("rbm", "agent_id", &r.agent_id)?).to_owned();
-        if !agent_id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
-        {
-            return Err(invalid(
-                "rbm",
-                "agent_id",
-                format!("unexpected characters in {agent_id:?}"),
-            ));
-        }
-        let rbm = RbmSettings {
-            agent_id,
-            client_token: Secret::new(required("rbm", "client_token", &r.client_token)?),
-            base_url: http_url("rbm", "base_url", &r.base_url)?,
-            service_account_key: PathBuf::from(required(
-                "rbm",
-                "service_account_key",
-                &r.service_account_key,
-            )?),
-            timeout: millis("rbm", "timeout_ms", r.timeout_ms, 100, 120_000)?,
+        let rbm_timeout = millis("rbm", "timeout_ms", r.timeout_ms, 100, 120_000)?;
+        let rbm_given = [&r.agent_id, &r.client_token, &r.service_account_key]
+            .iter()
+            .any(|v| !v.trim().is_empty());
+        let rbm_agent = if rbm_given || self.agents.is_empty() {
+            let agent_id = bare_agent_id(&required("rbm", "agent_id", &r.agent_id)?).to_owned();
+            if !valid_agent_id(&agent_id) {
+                return Err(invalid(
+                    "rbm",
+                    "agent_id",
+                    format!("unexpected characters in {agent_id:?}"),
+                ));
+            }
+            Some(AgentSettings {
+                id: agent_id,
+                client_token: Secret::new(required("rbm", "client_token", &r.client_token)?),
+                base_url: http_url("rbm", "base_url", &r.base_url)?,
+                service_account_key: PathBuf::from(required(
+                    "rbm",
+                    "service_account_key",
+                    &r.service_account_key,
+                )?),
+                relay_url: optional_target("rbm", "relay_url", &r.relay_url)?,
+                rbm_rate_per_sec: None,
+                twilio_rate_per_sec: None,
+                default_deadline: None,
+                sms_from: None,
+                api_tokens: Vec::new(),
+            })
+        } else {
+            if !r.relay_url.trim().is_empty() {
+                return Err(invalid(
+                    "rbm",
+                    "relay_url",
+                    "belongs to an agent: set it in its [[agents]] entry, or set rbm.agent_id",
+                ));
+            }
+            None
         };
 
         let t = &self.twilio;
@@ -732,6 +924,27 @@ impl Raw {
         if f.max_deadline_secs == 0 {
             return Err(invalid("fallback", "max_deadline_secs", "must be positive"));
         }
+
+        let mut agents: Vec<AgentSettings> = rbm_agent.into_iter().collect();
+        for (i, raw) in self.agents.iter().enumerate() {
+            let agent = raw.validate(i, fallback.max_deadline)?;
+            if agents.iter().any(|a| a.id == agent.id) {
+                return Err(agent_invalid(
+                    i,
+                    "id",
+                    format!("agent {:?} is configured twice", agent.id),
+                ));
+            }
+            agents.push(agent);
+        }
+        let default = &agents[0];
+        let rbm = RbmSettings {
+            agent_id: default.id.clone(),
+            client_token: default.client_token.clone(),
+            base_url: default.base_url.clone(),
+            service_account_key: default.service_account_key.clone(),
+            timeout: rbm_timeout,
+        };
 
         let w = &self.worker;
         if w.concurrency == 0 || w.batch_size == 0 {
@@ -859,6 +1072,7 @@ impl Raw {
             relay,
             callbacks,
             outbox,
+            agents,
         })
     }
 }
@@ -1089,5 +1303,142 @@ mod tests {
             assert!(!dump.contains(secret), "{secret} leaked: {dump}");
         }
         assert!(dump.contains("[redacted]"));
+    }
+
+    fn load_file(text: &str, env: &HashMap<&str, &str>) -> Result<Settings, ConfigError> {
+        let dir = std::env::temp_dir().join(format!(
+            "rbmf-agents-{}-{}",
+            std::process::id(),
+            uuid::Uuid::new_v4().simple()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("agents.toml");
+        std::fs::write(&path, text).unwrap();
+        let loaded = Settings::load_with(Some(&path), &|k| env.get(k).map(|v| v.to_string()));
+        let _ = std::fs::remove_dir_all(&dir);
+        loaded
+    }
+
+    const TWO_AGENTS: &str = r#"
+[[agents]]
+id = "shop@rbm.goog"
+region = "europe"
+service_account_key = "/etc/rbm/shop.json"
+client_token = "shop-client-token"
+relay_url = "https://shop.example.com/rbm"
+rbm_rate_per_sec = 5
+default_deadline_secs = 60
+sms_from = "Shop"
+api_tokens = ["shop-api-token-0123456789"]
+
+[[agents]]
+id = "bank"
+base_url = "http://127.0.0.1:9000/"
+service_account_key = "/etc/rbm/bank.json"
+client_token = "bank-client-token"
+"#;
+
+    fn without_rbm() -> HashMap<&'static str, &'static str> {
+        let mut env = base_env();
+        for name in [
+            "RBMF_RBM_AGENT_ID",
+            "RBMF_RBM_CLIENT_TOKEN",
+            "RBMF_RBM_SERVICE_ACCOUNT_KEY",
+        ] {
+            env.remove(name);
+        }
+        env
+    }
+
+    #[test]
+    fn the_single_agent_settings_define_one_agent() {
+        let s = load(&base_env()).unwrap();
+        assert_eq!(s.agents.len(), 1);
+        assert_eq!(s.agents[0].id, "my-agent");
+        assert_eq!(s.agent("my-agent@rbm.goog").unwrap().id, "my-agent");
+        assert!(s.agent("other").is_none());
+    }
+
+    #[test]
+    fn agents_are_read_from_the_file() {
+        let s = load_file(TWO_AGENTS, &without_rbm()).unwrap();
+        let ids: Vec<&str> = s.agents.iter().map(|a| a.id.as_str()).collect();
+        assert_eq!(ids, ["shop", "bank"]);
+        let shop = s.agent("shop").unwrap();
+        assert_eq!(
+            shop.base_url,
+            "https://europe-rcsbusinessmessaging.googleapis.com"
+        );
+        assert_eq!(
+            shop.relay_url.as_deref(),
+            Some("https://shop.example.com/rbm")
+        );
+        assert_eq!(shop.rbm_rate_per_sec, Some(5));
+        assert_eq!(shop.default_deadline, Some(Duration::from_secs(60)));
+        assert_eq!(shop.sms_from.as_deref(), Some("Shop"));
+        assert_eq!(shop.api_tokens.len(), 1);
+        let bank = s.agent("bank@rbm.goog").unwrap();
+        assert_eq!(bank.base_url, "http://127.0.0.1:9000");
+        assert!(bank.relay_url.is_none() && bank.api_tokens.is_empty());
+        // The first agent is the default one.
+        assert_eq!(s.rbm.agent_id, "shop");
+        assert!(!format!("{s:?}").contains("bank-client-token"));
+    }
+
+    #[test]
+    fn the_rbm_section_is_one_more_agent_beside_the_file_s() {
+        let s = load_file(TWO_AGENTS, &base_env()).unwrap();
+        let ids: Vec<&str> = s.agents.iter().map(|a| a.id.as_str()).collect();
+        assert_eq!(ids, ["my-agent", "shop", "bank"]);
+        assert_eq!(s.rbm.agent_id, "my-agent");
+    }
+
+    #[test]
+    fn bad_agent_lists_are_refused_with_the_entry_named() {
+        let env = without_rbm();
+        let twice = format!("{TWO_AGENTS}\n[[agents]]\nid = \"bank@rbm.goog\"\nservice_account_key = \"k\"\nclient_token = \"t\"\n");
+        let err = load_file(&twice, &env).unwrap_err().to_string();
+        assert!(
+            err.contains("agents[2].id") && err.contains("twice"),
+            "{err}"
+        );
+
+        let missing_key = TWO_AGENTS.replace("service_account_key = \"/etc/rbm/bank.json\"\n", "");
+        let err = load_file(&missing_key, &env).unwrap_err().to_string();
+        assert!(err.contains("agents[1].service_account_key"), "{err}");
+
+        let both = TWO_AGENTS.replace(
+            "region = \"europe\"",
+            "region = \"europe\"\nbase_url = \"https://x.example.com\"",
+        );
+        let err = load_file(&both, &env).unwrap_err().to_string();
+        assert!(err.contains("agents[0].region"), "{err}");
+
+        let unknown = TWO_AGENTS.replace("region = \"europe\"", "region = \"mars\"");
+        let err = load_file(&unknown, &env).unwrap_err().to_string();
+        assert!(err.contains("agents[0].region"), "{err}");
+
+        let typo = TWO_AGENTS.replace("sms_from", "sms_form");
+        let err = load_file(&typo, &env).unwrap_err().to_string();
+        assert!(
+            err.contains("agents[0]") && err.contains("sms_form"),
+            "{err}"
+        );
+
+        // The environment's agent clashing with one of the file's.
+        let mut clash = base_env();
+        clash.insert("RBMF_RBM_AGENT_ID", "bank");
+        let err = load_file(TWO_AGENTS, &clash).unwrap_err().to_string();
+        assert!(err.contains("agents[1].id"), "{err}");
+
+        // Half an [rbm] agent is not silently dropped.
+        let mut half = without_rbm();
+        half.insert("RBMF_RBM_CLIENT_TOKEN", "client-token");
+        let err = load_file(TWO_AGENTS, &half).unwrap_err().to_string();
+        assert!(err.contains("RBMF_RBM_AGENT_ID"), "{err}");
+
+        // No agent at all.
+        let err = error_of(&without_rbm());
+        assert!(err.contains("RBMF_RBM_AGENT_ID"), "{err}");
     }
 }

@@ -1,6 +1,7 @@
 //! Calls to Google: the OAuth token for the service account, and the RBM
 //! revoke. Only workers call these; webhook handlers never do.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -129,10 +130,19 @@ pub enum Revoked {
     NotFound,
 }
 
-pub struct RbmClient {
-    http: reqwest::Client,
+/// Where one agent's calls go, and with whose credentials.
+struct AgentEndpoint {
     base_url: String,
     tokens: TokenSource,
+}
+
+/// The RBM API client of every configured agent: each agent's calls go to
+/// its own base URL with its own service account's token.
+pub struct RbmClient {
+    http: reqwest::Client,
+    /// Serves agents that have no endpoint of their own.
+    default: AgentEndpoint,
+    agents: HashMap<String, AgentEndpoint>,
     metrics: Metrics,
 }
 
@@ -141,18 +151,48 @@ impl RbmClient {
         let http = crate::outbound::client(settings.timeout);
         RbmClient {
             http,
-            base_url: settings.base_url.clone(),
-            tokens,
+            default: AgentEndpoint {
+                base_url: settings.base_url.clone(),
+                tokens,
+            },
+            agents: HashMap::new(),
             metrics: Metrics::default(),
         }
+    }
+
+    /// Sends the calls of `agent_id` (bare) to `base_url` with `tokens`.
+    pub fn with_agent(
+        mut self,
+        agent_id: &str,
+        base_url: &str,
+        mut tokens: TokenSource,
+    ) -> RbmClient {
+        tokens.metrics = self.metrics.clone();
+        self.agents.insert(
+            agent_id.to_owned(),
+            AgentEndpoint {
+                base_url: base_url.to_owned(),
+                tokens,
+            },
+        );
+        self
     }
 
     /// Counts calls and token refreshes in `metrics` rather than in a
     /// registry of their own.
     pub fn with_metrics(mut self, metrics: Metrics) -> RbmClient {
-        self.tokens.metrics = metrics.clone();
+        self.default.tokens.metrics = metrics.clone();
+        for agent in self.agents.values_mut() {
+            agent.tokens.metrics = metrics.clone();
+        }
         self.metrics = metrics;
         self
+    }
+
+    fn endpoint(&self, agent_id: &str) -> &AgentEndpoint {
+        self.agents
+            .get(crate::config::bare_agent_id(agent_id))
+            .unwrap_or(&self.default)
     }
 
     /// `DELETE /v1/phones/{phone}/agentMessages/{id}?agentId={agent}`.
@@ -174,7 +214,8 @@ impl RbmClient {
         phone: &str,
         message_id: &str,
     ) -> Result<Revoked, CallError> {
-        let token = self
+        let endpoint = self.endpoint(agent_id);
+        let token = endpoint
             .tokens
             .token()
             .await
@@ -182,7 +223,7 @@ impl RbmClient {
                 retry_after: None,
                 detail: e.to_string(),
             })?;
-        let mut url = reqwest::Url::parse(&self.base_url).map_err(|e| CallError::Rejected {
+        let mut url = reqwest::Url::parse(&endpoint.base_url).map_err(|e| CallError::Rejected {
             status: 0,
             code: None,
             detail: format!("bad base URL: {e}"),
@@ -208,7 +249,7 @@ impl RbmClient {
             StatusCode::NOT_FOUND => Ok(Revoked::NotFound),
             StatusCode::UNAUTHORIZED => {
                 // An expired or revoked token: fetch a new one for the retry.
-                self.tokens.invalidate().await;
+                endpoint.tokens.invalidate().await;
                 Err(CallError::Retryable {
                     retry_after: None,
                     detail: format!("401 from Google: {}", body_excerpt(response).await),

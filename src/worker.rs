@@ -46,6 +46,8 @@ pub struct Worker {
 pub struct Limits {
     rbm_rate: u32,
     twilio_rate: u32,
+    /// Agents' own rates (RBM, Twilio), where they differ from the above.
+    agent_rates: HashMap<String, (u32, u32)>,
     buckets: std::sync::Mutex<HashMap<String, TokenBucket>>,
 }
 
@@ -54,8 +56,27 @@ impl Limits {
         Limits {
             rbm_rate: settings.rbm_rate_per_sec,
             twilio_rate: settings.twilio_rate_per_sec,
+            agent_rates: HashMap::new(),
             buckets: Default::default(),
         }
+    }
+
+    pub fn with_agents(mut self, agents: &[crate::config::AgentSettings]) -> Limits {
+        for a in agents {
+            let rates = (
+                a.rbm_rate_per_sec.unwrap_or(self.rbm_rate),
+                a.twilio_rate_per_sec.unwrap_or(self.twilio_rate),
+            );
+            self.agent_rates.insert(a.id.clone(), rates);
+        }
+        self
+    }
+
+    fn rates_of(&self, agent_id: &str) -> (u32, u32) {
+        self.agent_rates
+            .get(agent_id)
+            .copied()
+            .unwrap_or((self.rbm_rate, self.twilio_rate))
     }
 
     /// How long to wait for the next slot under `key`, if within `max_wait`.
@@ -250,7 +271,8 @@ impl Worker {
     ) -> (Input, serde_json::Value) {
         let m = &claim.message;
         let key = format!("rbm:{}", m.agent_id);
-        if let Err(free_in) = self.throttle(key, self.limits.rbm_rate).await {
+        let rate = self.limits.rates_of(&m.agent_id).0;
+        if let Err(free_in) = self.throttle(key, rate).await {
             return Retry::rate_limited(free_in).revoke();
         }
         let result = self.rbm.revoke(&m.agent_id, &m.phone, &m.message_id).await;
@@ -330,7 +352,10 @@ impl Worker {
         );
         let sender = m.sms_from.as_deref().unwrap_or("default");
         if let Err(free_in) = self
-            .throttle(format!("twilio:{sender}"), self.limits.twilio_rate)
+            .throttle(
+                format!("twilio:{sender}"),
+                self.limits.rates_of(&m.agent_id).1,
+            )
             .await
         {
             return Retry::rate_limited(free_in).sms();

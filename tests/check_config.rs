@@ -201,3 +201,49 @@ async fn an_invalid_configuration_fails_and_skips_the_rest() {
     assert_eq!(run.verdict("Twilio account"), "skipped");
     assert_eq!(rig.twilio.requests(), 0);
 }
+
+#[tokio::test]
+async fn each_agent_s_key_is_checked() {
+    let db = TestDb::new().await;
+    let rig = rig(&db).await;
+    let missing = rig.dir().join("no-such-key.json");
+    let file = rig.dir().join("agents.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[[agents]]\nid = \"agent-b\"\nservice_account_key = \"{}\"\nclient_token = \"b-token\"\n",
+            missing.display()
+        ),
+    )
+    .unwrap();
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_rbm-fallback"))
+        .env_clear()
+        .envs(env_of(&rig))
+        .arg("--config")
+        .arg(&file)
+        .arg("check-config")
+        .output()
+        .await
+        .expect("the binary runs");
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(!out.status.success(), "{stdout}");
+    let keys: Vec<&str> = stdout
+        .lines()
+        .filter(|l| {
+            l.get(8..)
+                .is_some_and(|r| r.starts_with("service-account key:"))
+        })
+        .collect();
+    assert_eq!(keys.len(), 2, "{stdout}");
+    let a = format!("agent {}:", rig.google.agent_id());
+    assert!(
+        keys[0].starts_with("ok") && keys[0].contains(&a),
+        "{stdout}"
+    );
+    assert!(
+        keys[1].starts_with("FAIL")
+            && keys[1].contains("agent agent-b:")
+            && keys[1].contains("no-such-key.json"),
+        "{stdout}"
+    );
+}

@@ -2,6 +2,7 @@
 
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
+use axum::Extension;
 use axum::Json;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
 use base64::Engine;
@@ -10,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use utoipa::{IntoParams, ToSchema};
 
+use super::auth::AgentScope;
 use super::error::{ApiError, ErrorBody, ErrorDetail};
 use super::extract::{JsonBody, MessageIdPath};
 use super::openapi::{
@@ -26,7 +28,8 @@ const MAX_METADATA_BYTES: usize = 4096;
 const MAX_PAGE: i64 = 500;
 
 /// A message the agent has sent to Google, registered for fallback. Give
-/// exactly one of `deadline` and `revoke_after_secs`.
+/// exactly one of `deadline` and `revoke_after_secs`, or neither if the
+/// agent has a `default_deadline_secs`.
 #[derive(Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 #[schema(example = json!({
@@ -37,8 +40,9 @@ const MAX_PAGE: i64 = 500;
     "metadata": { "order": "A-1001" }
 }))]
 pub struct CreateMessage {
-    /// The RBM agent, with or without `@rbm.goog`; it must be the configured
-    /// one. Defaults to it.
+    /// The RBM agent, with or without `@rbm.goog`; it must be a configured
+    /// one that the API token may act for. Defaults to the token's only
+    /// agent, else to the deployment's default agent.
     #[serde(default)]
     pub agent_id: Option<String>,
     /// The recipient, in E.164.
@@ -201,18 +205,33 @@ pub fn validate_message_id(id: &str) -> Result<(), ApiError> {
     }
 }
 
-fn validate(state: &AppState, req: &CreateMessage) -> Result<NewMessage, ApiError> {
-    let configured = &state.settings.rbm.agent_id;
-    let agent_id = match req.agent_id.as_deref().map(bare_agent_id) {
-        None => configured.clone(),
-        Some(a) if a == configured => a.to_owned(),
-        Some(a) => {
-            return Err(ApiError::invalid(
+fn validate(
+    state: &AppState,
+    scope: &AgentScope,
+    req: &CreateMessage,
+) -> Result<NewMessage, ApiError> {
+    let settings = &state.settings;
+    let agent = match req.agent_id.as_deref().map(bare_agent_id) {
+        // The token's only agent, else the default one.
+        None => scope
+            .only()
+            .and_then(|id| settings.agent(id))
+            .unwrap_or(&settings.agents[0]),
+        Some(a) => settings.agent(a).ok_or_else(|| {
+            let served: Vec<&str> = settings.agents.iter().map(|a| a.id.as_str()).collect();
+            ApiError::invalid(
                 "agent_id",
-                format!("unknown agent {a:?}; this deployment serves {configured:?}"),
-            ))
-        }
+                format!(
+                    "unknown agent {a:?}; this deployment serves {}",
+                    served.join(", ")
+                ),
+            )
+        })?,
     };
+    if !scope.allows(&agent.id) {
+        return Err(forbidden_agent());
+    }
+    let agent_id = agent.id.clone();
     let phone = Phone::parse(&req.phone).map_err(|e| ApiError::invalid("phone", e.to_string()))?;
     validate_message_id(&req.message_id)?;
 
@@ -224,12 +243,15 @@ fn validate(state: &AppState, req: &CreateMessage) -> Result<NewMessage, ApiErro
                 "give either deadline or revoke_after_secs, not both",
             ))
         }
-        (None, None) => {
-            return Err(ApiError::invalid(
-                "deadline",
-                "one of deadline or revoke_after_secs is required",
-            ))
-        }
+        (None, None) => match agent.default_deadline {
+            Some(d) => Deadline::After(d.as_secs() as i64),
+            None => {
+                return Err(ApiError::invalid(
+                    "deadline",
+                    "one of deadline or revoke_after_secs is required",
+                ))
+            }
+        },
         (Some(text), None) => {
             let at = DateTime::parse_from_rfc3339(text)
                 .map_err(|e| {
@@ -344,7 +366,7 @@ fn validate(state: &AppState, req: &CreateMessage) -> Result<NewMessage, ApiErro
         phone: phone.as_str().to_owned(),
         deadline,
         sms_body: body.clone(),
-        sms_from: req.sms.from.clone(),
+        sms_from: req.sms.from.clone().or_else(|| agent.sms_from.clone()),
         metadata: req.metadata.clone(),
         callback_url: req.callback_url.clone(),
         request_digest,
@@ -374,6 +396,7 @@ fn contains_nul(v: &serde_json::Value) -> bool {
         (status = 200, description = "An identical repeat: the stored resource, in whatever state it has reached.", body = MessageResource),
         (status = 400, description = "`invalid_json`: malformed JSON; `invalid_body`: the body could not be read.", body = ErrorBody),
         (status = 401, response = Unauthorized),
+        (status = 403, description = "`forbidden`: the API token may not act for this agent.", body = ErrorBody),
         (status = 409, description = "`message_id_conflict`: the id is registered with different content.", body = ErrorBody),
         (status = 413, response = PayloadTooLarge),
         (status = 415, response = UnsupportedMediaType),
@@ -384,9 +407,10 @@ fn contains_nul(v: &serde_json::Value) -> bool {
 )]
 pub async fn create(
     State(state): State<AppState>,
+    Extension(scope): Extension<AgentScope>,
     JsonBody(req): JsonBody<CreateMessage>,
 ) -> Result<(StatusCode, Json<MessageResource>), ApiError> {
-    let new = validate(&state, &req)?;
+    let new = validate(&state, &scope, &req)?;
     if let Deadline::At(at) = new.deadline {
         if at <= Utc::now() {
             // A client retrying a request whose answer it lost, after the
@@ -431,6 +455,7 @@ pub async fn create(
     responses(
         (status = 200, description = "The message with its `events`.", body = MessageResource),
         (status = 401, response = Unauthorized),
+        (status = 403, description = "`forbidden`: the API token may not act for the message's agent.", body = ErrorBody),
         (status = 404, response = NotFound),
         (status = 503, response = Unavailable),
     ),
@@ -438,11 +463,19 @@ pub async fn create(
 )]
 pub async fn get(
     State(state): State<AppState>,
+    Extension(scope): Extension<AgentScope>,
     MessageIdPath(id): MessageIdPath,
 ) -> Result<Json<MessageResource>, ApiError> {
     validate_message_id(&id).map_err(|_| not_found(&id))?;
     let m = state.store.get(&id).await?.ok_or_else(|| not_found(&id))?;
+    if !scope.allows(&m.agent_id) {
+        return Err(forbidden_agent());
+    }
     with_history(&state, m).await
+}
+
+fn forbidden_agent() -> ApiError {
+    ApiError::Forbidden("this API token may not act for the message's agent")
 }
 
 fn not_found(id: &str) -> ApiError {
@@ -461,6 +494,7 @@ fn not_found(id: &str) -> ApiError {
     responses(
         (status = 200, description = "Cancelled (now or before).", body = MessageResource),
         (status = 401, response = Unauthorized),
+        (status = 403, description = "`forbidden`: the API token may not act for the message's agent.", body = ErrorBody),
         (status = 404, response = NotFound),
         (status = 409, description = "`not_cancellable`: revocation has begun or the message is finished.", body = ErrorBody),
         (status = 503, response = Unavailable),
@@ -469,9 +503,16 @@ fn not_found(id: &str) -> ApiError {
 )]
 pub async fn cancel(
     State(state): State<AppState>,
+    Extension(scope): Extension<AgentScope>,
     MessageIdPath(id): MessageIdPath,
 ) -> Result<Json<MessageResource>, ApiError> {
     validate_message_id(&id).map_err(|_| not_found(&id))?;
+    if scope.only().is_some() || state.settings.agents.len() > 1 {
+        let m = state.store.get(&id).await?.ok_or_else(|| not_found(&id))?;
+        if !scope.allows(&m.agent_id) {
+            return Err(forbidden_agent());
+        }
+    }
     let applied = state
         .store
         .apply_to(
@@ -545,6 +586,7 @@ pub struct ListResponse {
 )]
 pub async fn list(
     State(state): State<AppState>,
+    Extension(scope): Extension<AgentScope>,
     query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<ListResponse>, ApiError> {
     let Query(q) = query.map_err(|e| ApiError::InvalidQuery(e.body_text()))?;
@@ -573,9 +615,12 @@ pub async fn list(
         };
     let page = state.store.list(q.state.as_deref(), after, limit).await?;
     Ok(Json(ListResponse {
+        // A token limited to some agents sees only their messages; a page
+        // may then hold fewer than `limit`.
         messages: page
             .messages
             .into_iter()
+            .filter(|m| scope.allows(&m.agent_id))
             .map(|m| MessageResource::new(m, None))
             .collect(),
         next_cursor: page.next_after.map(encode_cursor),
@@ -658,6 +703,7 @@ pub struct BatchResponse {
 )]
 pub async fn create_batch(
     State(state): State<AppState>,
+    Extension(scope): Extension<AgentScope>,
     JsonBody(req): JsonBody<BatchRequest>,
 ) -> Result<Json<BatchResponse>, ApiError> {
     if req.messages.is_empty() || req.messages.len() > MAX_BATCH {
@@ -683,7 +729,7 @@ pub async fn create_batch(
     let mut positions = Vec::with_capacity(req.messages.len());
     for (i, raw) in req.messages.iter().enumerate() {
         let item = super::extract::parse::<CreateMessage>(raw.get().as_bytes())
-            .and_then(|item| validate(&state, &item).map(|new| (item, new)));
+            .and_then(|item| validate(&state, &scope, &item).map(|new| (item, new)));
         match item {
             Err(e) => results[i] = fail(i, e),
             Ok((item, new)) => match new.deadline {

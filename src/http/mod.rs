@@ -128,6 +128,7 @@ pub fn router(state: AppState) -> Router {
 
     let webhooks = Router::new()
         .route("/webhooks/rbm", post(rbm_webhook::receive))
+        .route("/webhooks/rbm/{agent_id}", post(rbm_webhook::receive_agent))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             metrics::time_rbm_ack,

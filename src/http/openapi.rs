@@ -31,6 +31,7 @@ use crate::domain::{Outcome, State};
         super::healthz,
         super::readyz,
         super::rbm_webhook::receive,
+        super::rbm_webhook::receive_agent,
         super::twilio_webhook::status,
     ),
     components(

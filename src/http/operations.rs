@@ -2,7 +2,7 @@
 //! operators (and their alerting) to find messages that need a look.
 
 use axum::extract::{Query, State};
-use axum::Json;
+use axum::{Extension, Json};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
@@ -65,6 +65,7 @@ impl From<StuckRow> for StuckMessage {
 
 pub async fn stuck(
     State(state): State<AppState>,
+    Extension(scope): Extension<super::auth::AgentScope>,
     query: Result<Query<StuckQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<StuckResponse>, ApiError> {
     let Query(q) = query.map_err(|e| ApiError::InvalidQuery(e.body_text()))?;
@@ -93,7 +94,12 @@ pub async fn stuck(
         .then(|| rows.last().map(|r| encode_cursor(r.id)))
         .flatten();
     Ok(Json(StuckResponse {
-        messages: rows.into_iter().map(StuckMessage::from).collect(),
+        // A token limited to some agents sees only their messages.
+        messages: rows
+            .into_iter()
+            .filter(|r| scope.allows(&r.agent_id))
+            .map(StuckMessage::from)
+            .collect(),
         next_cursor,
     }))
 }

@@ -3,10 +3,10 @@
 //! answers; it never calls out. Anything but a 200 makes Google retry, which
 //! is what we want whenever we could not record the event.
 //!
-//! Decoding and verifying is a pure function, [`decode`], so that it can be
+//! Decoding and verifying is a pure function, [`decode_for`], so that it can be
 //! fuzzed directly; the handler only adds the database.
 
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD};
@@ -18,7 +18,7 @@ use utoipa::ToSchema;
 use super::error::{ApiError, ErrorBody};
 use super::extract::RawBody;
 use super::messages::validate_message_id;
-use super::openapi::{PayloadTooLarge, Unavailable};
+use super::openapi::{NotFound, PayloadTooLarge, Unavailable};
 use super::AppState;
 use crate::config::bare_agent_id;
 use crate::domain::Input;
@@ -100,15 +100,35 @@ pub(crate) struct Event {
 
 /// Decodes a webhook request and checks its signature (or, for the
 /// handshake, its client token). Never panics, whatever the input.
+#[cfg(test)]
 pub(crate) fn decode(
     body: &[u8],
     headers: &HeaderMap,
     client_token: &str,
     default_agent: &str,
 ) -> Result<Decoded, ApiError> {
+    decode_for(body, headers, &[(default_agent, client_token)], None)
+}
+
+/// As [`decode`] for a deployment of several agents, given as (bare id,
+/// client token). The request must be signed with the token of `only` if
+/// given, else with any agent's; its event is that agent's. An event that
+/// names another configured agent than the one whose token signed it is
+/// refused: one agent's token must not speak for another.
+pub(crate) fn decode_for(
+    body: &[u8],
+    headers: &HeaderMap,
+    agents: &[(&str, &str)],
+    only: Option<&str>,
+) -> Result<Decoded, ApiError> {
+    let candidates: Vec<(&str, &str)> = agents
+        .iter()
+        .copied()
+        .filter(|(id, _)| only.is_none_or(|o| o == *id))
+        .collect();
     let value: serde_json::Value = super::extract::parse(body)?;
     if value.get("message").is_none() && value.get("clientToken").is_some() {
-        return handshake(&value, client_token);
+        return handshake(&value, &candidates);
     }
     let envelope: Envelope = serde_json::from_value(value)
         .map_err(|e| ApiError::InvalidJson(format!("not a webhook envelope: {e}")))?;
@@ -129,10 +149,17 @@ pub(crate) fn decode(
             ))
         }
     };
-    if !google_verify(client_token, &data, signature) {
+    // Every token is tried, so timing does not tell which one matched.
+    let mut signer = None;
+    for (id, token) in &candidates {
+        if google_verify(token, &data, signature) && signer.is_none() {
+            signer = Some(*id);
+        }
+    }
+    let Some(signer) = signer else {
         tracing::warn!("rejected a Google webhook with a bad signature");
         return Err(ApiError::BadSignature("X-Goog-Signature does not match"));
-    }
+    };
 
     let event: serde_json::Value = serde_json::from_slice(&data)
         .map_err(|e| ApiError::InvalidJson(format!("message.data is not JSON: {e}")))?;
@@ -163,7 +190,17 @@ pub(crate) fn decode(
     } else {
         None
     };
-    let agent_id = text("agentId").map_or(default_agent, bare_agent_id);
+    let agent_id = text("agentId").map_or(signer, bare_agent_id);
+    if agent_id != signer && agents.iter().any(|(id, _)| *id == agent_id) {
+        tracing::warn!(
+            signer,
+            agent_id,
+            "refused a Google event signed with another agent's client token"
+        );
+        return Err(ApiError::Forbidden(
+            "the event names another agent than the one whose client token signed it",
+        ));
+    }
     let event_key = match (
         text("eventId"),
         text("messageId"),
@@ -184,7 +221,7 @@ pub(crate) fn decode(
 
 /// Google proves we own the URL: echo its secret, but only if it knows our
 /// client token.
-fn handshake(value: &serde_json::Value, client_token: &str) -> Result<Decoded, ApiError> {
+fn handshake(value: &serde_json::Value, agents: &[(&str, &str)]) -> Result<Decoded, ApiError> {
     let token = value
         .get("clientToken")
         .and_then(|v| v.as_str())
@@ -193,7 +230,11 @@ fn handshake(value: &serde_json::Value, client_token: &str) -> Result<Decoded, A
         .get("secret")
         .and_then(|v| v.as_str())
         .ok_or_else(|| ApiError::InvalidJson("verification request without a secret".into()))?;
-    if !secret_eq(token, client_token) {
+    let mut known = false;
+    for (_, client_token) in agents {
+        known |= secret_eq(token, client_token);
+    }
+    if !known {
         tracing::warn!("refused a webhook verification with the wrong client token");
         return Err(ApiError::Forbidden("client token does not match"));
     }
@@ -277,12 +318,61 @@ pub async fn receive(
     headers: HeaderMap,
     RawBody(body): RawBody,
 ) -> Result<Response, ApiError> {
-    let event = match decode(
-        &body,
-        &headers,
-        state.settings.rbm.client_token.expose(),
-        &state.settings.rbm.agent_id,
-    )? {
+    receive_for(state, None, headers, body).await
+}
+
+#[utoipa::path(
+    post,
+    path = "/webhooks/rbm/{agent_id}",
+    tag = "webhooks",
+    operation_id = "rbmAgentWebhook",
+    summary = "One agent's RBM webhook: as /webhooks/rbm, verified with that agent's client token only",
+    description = "Set this URL in the RBM console when a deployment serves several agents. Every signed event is recorded before the 200; any other answer makes Google deliver it again.",
+    params(
+        ("agent_id" = String, Path, description = "A configured agent, with or without `@rbm.goog`."),
+        ("X-Goog-Signature" = Option<String>, Header, description = "Base64 HMAC-SHA512 of the decoded `message.data`, keyed with this agent's client token; required for events."),
+    ),
+    request_body(content = WebhookRequest, content_type = "application/json"),
+    responses(
+        (status = 200, description = "The handshake's `secret` as text, or `{}` once an event is recorded.", content(
+            (String = "text/plain"),
+            (Object = "application/json"),
+        )),
+        (status = 400, description = "`invalid_json`: not JSON, not an envelope, or an event that is not a JSON object; `invalid_body`: unreadable body.", body = ErrorBody),
+        (status = 401, description = "`invalid_signature`: `X-Goog-Signature` missing, repeated or not this agent's; nothing was recorded.", body = ErrorBody),
+        (status = 403, description = "`forbidden`: a handshake with the wrong client token, or an event naming another configured agent; nothing was recorded.", body = ErrorBody),
+        (status = 404, response = NotFound),
+        (status = 413, response = PayloadTooLarge),
+        (status = 503, response = Unavailable),
+    )
+)]
+pub async fn receive_agent(
+    State(state): State<AppState>,
+    Path(agent_id): Path<String>,
+    headers: HeaderMap,
+    RawBody(body): RawBody,
+) -> Result<Response, ApiError> {
+    let Some(agent) = state.settings.agent(&agent_id) else {
+        let shown: String = agent_id.chars().take(128).collect();
+        return Err(ApiError::NotFound(format!("no agent {shown:?}")));
+    };
+    let only = agent.id.clone();
+    receive_for(state, Some(&only), headers, body).await
+}
+
+async fn receive_for(
+    state: AppState,
+    only: Option<&str>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    let agents: Vec<(&str, &str)> = state
+        .settings
+        .agents
+        .iter()
+        .map(|a| (a.id.as_str(), a.client_token.expose()))
+        .collect();
+    let event = match decode_for(&body, &headers, &agents, only)? {
         Decoded::Handshake { secret } => {
             tracing::info!("answered Google's webhook verification");
             return Ok((
@@ -554,5 +644,33 @@ mod tests {
             let got = decode(body.as_bytes(), &headers, TOKEN, AGENT);
             prop_assert!(matches!(got, Err(ApiError::BadSignature(_))), "{got:?}");
         }
+    }
+
+    #[test]
+    fn an_event_belongs_to_the_agent_whose_token_signed_it() {
+        let agents = [(AGENT, TOKEN), ("agent-b", "token-of-agent-b")];
+        let claiming = |agent: &str| {
+            json!({ "eventType": "DELIVERED", "eventId": "e", "messageId": "m",
+                    "agentId": format!("{agent}@rbm.goog") })
+            .to_string()
+        };
+        // Signed with A's token (see `signed`).
+        let (body, headers) = signed(claiming("agent-b").as_bytes());
+        assert!(matches!(
+            decode_for(&body, &headers, &agents, None),
+            Err(ApiError::Forbidden(_))
+        ));
+        assert!(matches!(
+            decode_for(&body, &headers, &agents, Some("agent-b")),
+            Err(ApiError::BadSignature(_))
+        ));
+        let (body, headers) = signed(claiming(AGENT).as_bytes());
+        match decode_for(&body, &headers, &agents, None).unwrap() {
+            Decoded::Event(e) => assert_eq!(e.agent_id, AGENT),
+            other => panic!("{other:?}"),
+        }
+        // An agent this deployment does not serve is recorded as before.
+        let (body, headers) = signed(claiming("elsewhere").as_bytes());
+        assert!(decode_for(&body, &headers, &agents, None).is_ok());
     }
 }

@@ -32,15 +32,9 @@ pub enum OutboxError {
     Database(#[from] sqlx::Error),
 }
 
-/// The agent's upstream webhook URL, if its webhooks are to be relayed. One
-/// agent per deployment today; this is the one place that would look up a
-/// per-agent URL.
+/// The agent's upstream webhook URL, if its webhooks are to be relayed.
 pub fn relay_url_for<'a>(settings: &'a Settings, agent_id: &str) -> Option<&'a str> {
-    if agent_id == settings.rbm.agent_id {
-        settings.relay.url.as_deref()
-    } else {
-        None
-    }
+    settings.agent(agent_id)?.relay_url.as_deref()
 }
 
 /// An absolute http(s) URL with a host and no fragment, returned as given.

@@ -53,6 +53,10 @@ pub struct SandboxConfig {
     pub webhook_retry_cap: Duration,
     /// Seeds the emulators' deterministic parts.
     pub seed: u64,
+    /// A config file layered under `env`, as `--config` would be; e.g. to
+    /// add `[[agents]]` beside the emulator's own. Services in this process
+    /// only: child processes get the environment alone.
+    pub config_file: Option<PathBuf>,
 }
 
 impl SandboxConfig {
@@ -66,6 +70,7 @@ impl SandboxConfig {
             webhook_max_attempts: GoogleEmulatorConfig::default().webhook_max_attempts,
             webhook_retry_cap: GoogleEmulatorConfig::default().webhook_retry_cap,
             seed: 0,
+            config_file: None,
         }
     }
 }
@@ -84,6 +89,7 @@ pub struct Rig {
     key_path: PathBuf,
     confirm_window: Duration,
     env: Vec<(String, String)>,
+    config_file: Option<PathBuf>,
 }
 
 impl Rig {
@@ -117,6 +123,7 @@ impl Rig {
             key_path,
             confirm_window: cfg.confirm_window,
             env: cfg.env.clone(),
+            config_file: cfg.config_file.clone(),
         })
     }
 
@@ -162,7 +169,9 @@ impl Rig {
     pub fn settings(&self, listen: SocketAddr, public_url: &str) -> anyhow::Result<Settings> {
         let env: HashMap<String, String> =
             self.service_env(listen, public_url).into_iter().collect();
-        Ok(Settings::load_with(None, &|name| env.get(name).cloned())?)
+        Ok(Settings::load_with(self.config_file.as_deref(), &|name| {
+            env.get(name).cloned()
+        })?)
     }
 
     /// Starts `exe serve` (the rbm-fallback binary) as a child process on
