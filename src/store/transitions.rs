@@ -179,6 +179,10 @@ impl Store {
             .collect();
         let mut events = Events::default();
         let mut applied = Vec::with_capacity(changes.len());
+        // Copies of rows are kept only where a callback may be owed.
+        let default_url = self.default_callback_url.clone();
+        let wants_callbacks =
+            |row: &MessageRow| default_url.is_some() || row.callback_url.is_some();
         let mut soonest: Option<Duration> = None;
         // (before, after) of every applied step, for outcome callbacks.
         let mut owed = Vec::new();
@@ -190,7 +194,11 @@ impl Store {
                     what: "a change for a row that was not locked".into(),
                 })?;
             let row = &mut p.row;
-            let before = row.clone();
+            let before = if wants_callbacks(row) {
+                Some(row.clone())
+            } else {
+                None
+            };
             let verdict = domain::apply(&row.facts(change.caller)?, change.input, policy);
             match &verdict {
                 Verdict::Apply(step) => {
@@ -228,7 +236,9 @@ impl Store {
                         soonest = Some(soonest.map_or(d, |s| s.min(d)));
                     }
                     p.dirty = true;
-                    owed.push((before, row.clone()));
+                    if let Some(before) = before {
+                        owed.push((before, row.clone()));
+                    }
                 }
                 Verdict::Record { event, note } => {
                     let detail = with_note(change.detail, Some(note));
