@@ -72,7 +72,7 @@ pub struct Writes {
 
 /// Most requests written in one transaction, and batches in flight at once.
 const GROUP_MAX: usize = 256;
-const GROUP_FLUSHES: usize = 2;
+const GROUP_FLUSHES: usize = 4;
 
 impl Writes {
     fn start(store: &Store, policy: Policy) -> Writes {
