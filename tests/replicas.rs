@@ -2,66 +2,14 @@
 //! twice, and a replica killed mid-run loses nothing.
 
 mod common;
+#[path = "common/replica.rs"]
+mod replica;
 
 use std::collections::HashMap;
 use std::time::Duration;
 
 use common::*;
-use rbm_fallback::config::Settings;
-use tokio_util::sync::CancellationToken;
-
-/// Another instance of the service on the same database and emulators, on a
-/// runtime of its own so it can be killed at any instant.
-struct Replica {
-    crash: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Replica {
-    fn spawn(base: &Settings) -> Replica {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        let mut settings = base.clone();
-        settings.server.listen = addr;
-        settings.server.public_url = format!("http://{addr}");
-        let (crash, crashed) = tokio::sync::oneshot::channel::<()>();
-        let thread = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(1)
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                listener.set_nonblocking(true).unwrap();
-                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-                tokio::select! {
-                    r = rbm_fallback::app::run(settings, listener, CancellationToken::new()) => r.unwrap(),
-                    _ = crashed => {}
-                }
-            });
-            rt.shutdown_background();
-        });
-        Replica {
-            crash: Some(crash),
-            thread: Some(thread),
-        }
-    }
-
-    fn kill(&mut self) {
-        if let Some(c) = self.crash.take() {
-            let _ = c.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            t.join().unwrap();
-        }
-    }
-}
-
-impl Drop for Replica {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
+use replica::Replica;
 
 #[tokio::test]
 async fn three_replicas_one_killed_mid_run_revoke_and_send_each_message_once() {

@@ -9,6 +9,7 @@ use axum::extract::State;
 use axum::response::Html;
 use chrono::{SecondsFormat, Utc};
 
+use super::docs::esc;
 use super::error::ApiError;
 use super::AppState;
 use crate::domain::phone::mask;
@@ -185,21 +186,6 @@ fn secs(s: f64) -> String {
     } else {
         format!("{:.1} h", s / 3600.0)
     }
-}
-
-fn esc(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
 }
 
 #[cfg(test)]

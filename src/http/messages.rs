@@ -186,6 +186,33 @@ async fn with_history(state: &AppState, m: MessageRow) -> Result<Json<MessageRes
     Ok(Json(MessageResource::new(m, Some(events))))
 }
 
+/// A page's size and where it starts, from the `limit` and `cursor`
+/// query parameters of the listing endpoints.
+pub(super) fn page(
+    limit: Option<&str>,
+    cursor: Option<&str>,
+    max: i64,
+) -> Result<(i64, Option<i64>), ApiError> {
+    let limit = match limit {
+        None => 50,
+        Some(l) => l
+            .parse::<i64>()
+            .ok()
+            .filter(|l| (1..=max).contains(l))
+            .ok_or_else(|| {
+                ApiError::InvalidQuery(format!("limit must be a whole number from 1 to {max}"))
+            })?,
+    };
+    let after =
+        match cursor {
+            None => None,
+            Some(c) => Some(decode_cursor(c).ok_or_else(|| {
+                ApiError::InvalidQuery("cursor is not one this API returned".into())
+            })?),
+        };
+    Ok((limit, after))
+}
+
 /// Ids travel in URLs (ours and Twilio's callback): keep them to characters
 /// that need no escaping and cannot form a path.
 pub fn validate_message_id(id: &str) -> Result<(), ApiError> {
@@ -596,23 +623,7 @@ pub async fn list(
             ApiError::InvalidQuery(format!("unknown state {s:?}; one of {}", all.join(", ")))
         })?;
     }
-    let limit = match &q.limit {
-        None => 50,
-        Some(l) => l
-            .parse::<i64>()
-            .ok()
-            .filter(|l| (1..=MAX_PAGE).contains(l))
-            .ok_or_else(|| {
-                ApiError::InvalidQuery(format!("limit must be a whole number from 1 to {MAX_PAGE}"))
-            })?,
-    };
-    let after =
-        match &q.cursor {
-            None => None,
-            Some(c) => Some(decode_cursor(c).ok_or_else(|| {
-                ApiError::InvalidQuery("cursor is not one this API returned".into())
-            })?),
-        };
+    let (limit, after) = page(q.limit.as_deref(), q.cursor.as_deref(), MAX_PAGE)?;
     let page = state.store.list(q.state.as_deref(), after, limit).await?;
     Ok(Json(ListResponse {
         // A token limited to some agents sees only their messages; a page

@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::error::ApiError;
-use super::messages::{decode_cursor, encode_cursor};
+use super::messages::encode_cursor;
 use super::AppState;
 use crate::store::StuckRow;
 
@@ -69,23 +69,7 @@ pub async fn stuck(
     query: Result<Query<StuckQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<StuckResponse>, ApiError> {
     let Query(q) = query.map_err(|e| ApiError::InvalidQuery(e.body_text()))?;
-    let limit = match &q.limit {
-        None => 50,
-        Some(l) => l
-            .parse::<i64>()
-            .ok()
-            .filter(|l| (1..=MAX_PAGE).contains(l))
-            .ok_or_else(|| {
-                ApiError::InvalidQuery(format!("limit must be a whole number from 1 to {MAX_PAGE}"))
-            })?,
-    };
-    let after =
-        match &q.cursor {
-            None => None,
-            Some(c) => Some(decode_cursor(c).ok_or_else(|| {
-                ApiError::InvalidQuery("cursor is not one this API returned".into())
-            })?),
-        };
+    let (limit, after) = super::messages::page(q.limit.as_deref(), q.cursor.as_deref(), MAX_PAGE)?;
     // One more than asked tells whether another page follows.
     let mut rows = state.store.stuck(after, limit + 1).await?;
     let more = rows.len() as i64 > limit;
