@@ -89,6 +89,7 @@ pub async fn run(
         settings: settings.worker.clone(),
         public_url: settings.server.public_url.clone(),
         limits: crate::worker::Limits::new(&settings.worker).with_agents(&settings.agents),
+        longest_call: settings.rbm.timeout.max(settings.twilio.timeout),
     });
     let grace = settings.server.shutdown_grace;
     let scheduler = tokio::spawn(worker.run(shutdown.clone(), grace));

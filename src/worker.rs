@@ -39,6 +39,11 @@ pub struct Worker {
     pub public_url: String,
     pub limits: Limits,
     pub metrics: crate::metrics::Metrics,
+    /// The longest an outbound call can last (the larger of the RBM and
+    /// Twilio timeouts): a claim handed back at shutdown falls due no
+    /// sooner than this, so no other worker looks for a call's effect
+    /// before the call must have ended.
+    pub longest_call: Duration,
 }
 
 /// Outbound rate limits: one token bucket per agent (RBM API) and per
@@ -108,7 +113,7 @@ impl Worker {
         let permits = Arc::new(Semaphore::new(self.settings.concurrency));
         let recorder = recorder(self.store.clone(), self.policy, self.settings.batch_size);
         // Claims being worked on, to hand back if shutdown cuts them short.
-        let in_flight: Arc<std::sync::Mutex<HashMap<i64, uuid::Uuid>>> = Default::default();
+        let in_flight: Arc<std::sync::Mutex<HashMap<i64, InFlight>>> = Default::default();
         let mut db_backoff = Duration::from_millis(100);
         info!(concurrency = self.settings.concurrency, "scheduler started");
 
@@ -136,8 +141,9 @@ impl Worker {
                         let span = tracing::info_span!("message", message_id = %claim.message.message_id, action = ?claim.action);
                         let held = in_flight.clone();
                         let id = claim.message.id;
-                        lock(&held).insert(id, claim.token);
-                        tokio::spawn(
+                        let token = claim.token;
+                        lock(&held).insert(id, InFlight { token, task: None });
+                        let task = tokio::spawn(
                             async move {
                                 me.handle(claim, &recorder).await;
                                 lock(&held).remove(&id);
@@ -145,6 +151,9 @@ impl Worker {
                             }
                             .instrument(span),
                         );
+                        if let Some(entry) = lock(&in_flight).get_mut(&id) {
+                            entry.task = Some(task.abort_handle());
+                        }
                     }
                     drop(held);
                     if full {
@@ -186,8 +195,18 @@ impl Worker {
             .await
             .is_err()
         {
-            let cut: Vec<(i64, uuid::Uuid)> = lock(&in_flight).drain().collect();
-            match self.store.release_claims(&cut).await {
+            // Stopped first, so that none starts a call after its claim is
+            // handed back (one waiting for a rate-limit slot, say).
+            let cut: Vec<(i64, uuid::Uuid)> = lock(&in_flight)
+                .drain()
+                .map(|(id, f)| {
+                    if let Some(task) = f.task {
+                        task.abort();
+                    }
+                    (id, f.token)
+                })
+                .collect();
+            match self.store.release_claims(&cut, self.longest_call).await {
                 Ok(n) => warn!(
                     released = n,
                     "calls still in flight at shutdown; their claims were handed back"
@@ -509,6 +528,12 @@ fn url_encode(s: &str) -> String {
             _ => format!("%{b:02X}"),
         })
         .collect()
+}
+
+/// A claim being worked on.
+struct InFlight {
+    token: uuid::Uuid,
+    task: Option<tokio::task::AbortHandle>,
 }
 
 fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -344,3 +344,37 @@ async fn an_agent_s_api_token_acts_only_for_that_agent() {
         .unwrap();
     assert_eq!(r.status(), 200);
 }
+
+#[tokio::test]
+async fn an_early_delivery_applies_to_its_agent_s_message_in_a_mixed_batch() {
+    let t = start_two().await;
+    let (a_phone, b_phone) = ("+14155550321", "+14155550322");
+    let (a_id, b_id) = (new_id(), new_id());
+    t.h.s.google.agent_send(a_phone, &a_id, None);
+    t.b.agent_send(b_phone, &b_id, None);
+    // B's phone was online at once: its DELIVERED arrives before the agent
+    // registers the message.
+    let (body, sig) = t.b.envelope(&delivered(B, b_phone, &b_id));
+    assert_eq!(
+        post_signed(&t, &format!("/webhooks/rbm/{B}"), body, &sig).await,
+        200
+    );
+    // One batch, agent A's message first.
+    let r = reqwest::Client::new()
+        .post(t.h.url("/v1/messages:batch"))
+        .bearer_auth(&t.h.s.api_token)
+        .json(&json!({ "messages": [
+            { "phone": a_phone, "message_id": a_id, "revoke_after_secs": 600,
+              "sms": { "body": "code a" } },
+            { "agent_id": format!("{B}@rbm.goog"), "phone": b_phone, "message_id": b_id,
+              "revoke_after_secs": 600, "sms": { "body": "code b" } },
+        ]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let m = t.h.get(&b_id).await;
+    assert_eq!(m["state"], "delivered", "{m:#}");
+    assert_eq!(m["outcome"], "rcs");
+    assert_eq!(t.h.get(&a_id).await["state"], "pending");
+}

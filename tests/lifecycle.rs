@@ -406,6 +406,9 @@ async fn shutdown_hands_back_claims_it_cannot_finish() {
             .push(("RBMF__WORKER__LEASE_MS".into(), "600000".into()));
         c.env
             .push(("RBMF__SERVER__SHUTDOWN_GRACE_MS".into(), "200".into()));
+        c.env.push(("RBMF__RBM__TIMEOUT_MS".into(), "1000".into()));
+        c.env
+            .push(("RBMF__TWILIO__TIMEOUT_MS".into(), "1500".into()));
     })
     .await;
     let phone = "+15550000017";

@@ -116,19 +116,29 @@ impl Store {
     }
 
     /// Hands claims back at shutdown: each message still held by its claim
-    /// becomes due now. The claim's token stays, so the next claim knows the
-    /// call may have taken effect. Returns how many were handed back.
-    pub async fn release_claims(&self, claims: &[(i64, Uuid)]) -> Result<u64, StoreError> {
+    /// falls due once a call started before now must have ended
+    /// (`longest_call`), or at its lease's end if that comes first. The
+    /// claim's token stays, so the next claim knows the call may have taken
+    /// effect, and looks before acting again. Returns how many were handed
+    /// back.
+    pub async fn release_claims(
+        &self,
+        claims: &[(i64, Uuid)],
+        longest_call: std::time::Duration,
+    ) -> Result<u64, StoreError> {
         if claims.is_empty() {
             return Ok(0);
         }
         let (ids, tokens): (Vec<i64>, Vec<Uuid>) = claims.iter().copied().unzip();
+        let call_ms = i64::try_from(longest_call.as_millis()).unwrap_or(i64::MAX);
         Ok(sqlx::query!(
-            "UPDATE messages AS m SET due_at = now()
+            "UPDATE messages AS m
+             SET due_at = LEAST(m.due_at, clock_timestamp() + $3::bigint * interval '1 millisecond')
              FROM UNNEST($1::bigint[], $2::uuid[]) AS c(id, token)
              WHERE m.id = c.id AND m.lease_token = c.token",
             &ids,
-            &tokens
+            &tokens,
+            call_ms
         )
         .execute(&self.pool)
         .await?

@@ -246,21 +246,19 @@ impl Store {
         rows: Vec<MessageRow>,
         policy: &Policy,
     ) -> Result<Vec<MessageRow>, StoreError> {
-        let (Some(first), ids) = (
-            rows.first(),
-            rows.iter()
-                .map(|r| r.message_id.clone())
-                .collect::<Vec<_>>(),
-        ) else {
+        if rows.is_empty() {
             return Ok(rows);
-        };
-        // One agent per deployment today; each row is checked below anyway.
-        let agent = first.agent_id.clone();
+        }
+        // Message ids are per agent: a batch may hold several agents' rows.
+        let (agents, ids): (Vec<String>, Vec<String>) = rows
+            .iter()
+            .map(|r| (r.agent_id.clone(), r.message_id.clone()))
+            .unzip();
         let early = sqlx::query!(
-            "SELECT message_id AS \"message_id!\", event_type, payload FROM rbm_events
-             WHERE agent_id = $1 AND message_id = ANY($2)
-             ORDER BY received_at",
-            agent,
+            r#"SELECT agent_id, message_id AS "message_id!", event_type, payload FROM rbm_events
+               WHERE (agent_id, message_id) IN (SELECT * FROM UNNEST($1::text[], $2::text[]))
+               ORDER BY received_at"#,
+            &agents,
             &ids
         )
         .fetch_all(&mut *conn)
@@ -273,7 +271,7 @@ impl Store {
         for event in &early {
             let Some(row) = rows
                 .iter()
-                .find(|r| r.agent_id == agent && r.message_id == event.message_id)
+                .find(|r| r.agent_id == event.agent_id && r.message_id == event.message_id)
             else {
                 continue;
             };

@@ -49,6 +49,10 @@ impl Store {
         let fresh: HashSet<(String, String)> = sqlx::query!(
             r#"INSERT INTO rbm_events (agent_id, event_key, event_type, message_id, payload)
                SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::jsonb[])
+                   AS t(agent_id, event_key, event_type, message_id, payload)
+               -- In key order, so two batches holding the same keys cannot
+               -- deadlock on the unique index.
+               ORDER BY agent_id, event_key
                ON CONFLICT (agent_id, event_key) DO NOTHING
                RETURNING agent_id, event_key"#,
             &events
