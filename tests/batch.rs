@@ -136,3 +136,30 @@ async fn a_full_batch_of_a_thousand_is_stored_in_one_go() {
     assert_eq!(page["messages"].as_array().unwrap().len(), 500);
     assert!(page["next_cursor"].is_string());
 }
+
+#[tokio::test]
+async fn past_deadlines_are_fine_only_for_retries_of_stored_items() {
+    let h = start().await;
+    let phone = "+15554000011";
+    let id = uuid::Uuid::new_v4().to_string();
+    h.s.google.agent_send(phone, &id, None);
+    let stored = message(phone, &id, 300);
+    assert_eq!(h.post(&stored).await.status(), 201);
+    // The deadline has passed once the service revoked the message.
+    h.s.google
+        .wait_for_revokes(1, std::time::Duration::from_secs(15))
+        .await
+        .unwrap();
+    let late = message("+15554000012", &uuid::Uuid::new_v4().to_string(), -60_000);
+    let (status, body) = batch(&h, vec![stored, late]).await;
+    assert_eq!(status, 200, "{body:#}");
+    let r = &body["results"];
+    assert_eq!(r[0]["status"], 200, "{body:#}");
+    assert_eq!(r[0]["message"]["message_id"], id.as_str());
+    assert_eq!(r[1]["status"], 422, "{body:#}");
+    assert_eq!(r[1]["error"]["field"], "deadline");
+    assert_eq!(
+        (body["existing"].clone(), body["failed"].clone()),
+        (json!(1), json!(1))
+    );
+}

@@ -257,35 +257,23 @@ impl fmt::Display for GoogleFaults {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let d = GoogleFaults::default();
         let mut w = Fields::new(f);
-        w.put("seed", self.seed, true)?;
-        w.put(
-            "error_rate",
-            self.error_rate,
-            self.error_rate != d.error_rate,
-        )?;
-        w.put("hang_rate", self.hang_rate, self.hang_rate != d.hang_rate)?;
-        w.put("hang_for", Ms(self.hang_for), self.hang_for != d.hang_for)?;
-        w.put(
-            "reset_rate",
-            self.reset_rate,
-            self.reset_rate != d.reset_rate,
-        )?;
-        w.put("latency", Ms(self.latency), self.latency != d.latency)?;
-        w.put("unavailable", self.unavailable, self.unavailable)?;
-        w.put(
+        w.put("seed", self.seed)?;
+        w.changed("error_rate", self.error_rate, d.error_rate)?;
+        w.changed("hang_rate", self.hang_rate, d.hang_rate)?;
+        w.changed("hang_for", Ms(self.hang_for), Ms(d.hang_for))?;
+        w.changed("reset_rate", self.reset_rate, d.reset_rate)?;
+        w.changed("latency", Ms(self.latency), Ms(d.latency))?;
+        w.changed("unavailable", self.unavailable, d.unavailable)?;
+        w.changed(
             "webhook_duplicates",
             self.webhook_duplicates,
-            self.webhook_duplicates != d.webhook_duplicates,
+            d.webhook_duplicates,
         )?;
-        w.put(
-            "webhook_delay",
-            Ms(self.webhook_delay),
-            self.webhook_delay != d.webhook_delay,
-        )?;
-        w.put(
+        w.changed("webhook_delay", Ms(self.webhook_delay), Ms(d.webhook_delay))?;
+        w.changed(
             "webhook_drop_rate",
             self.webhook_drop_rate,
-            self.webhook_drop_rate != d.webhook_drop_rate,
+            d.webhook_drop_rate,
         )
     }
 }
@@ -294,40 +282,32 @@ impl fmt::Display for TwilioFaults {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let d = TwilioFaults::default();
         let mut w = Fields::new(f);
-        w.put("seed", self.seed, true)?;
-        w.put(
-            "error_rate",
-            self.error_rate,
-            self.error_rate != d.error_rate,
-        )?;
-        w.put("hang_rate", self.hang_rate, self.hang_rate != d.hang_rate)?;
-        w.put("hang_for", Ms(self.hang_for), self.hang_for != d.hang_for)?;
-        w.put(
-            "reset_rate",
-            self.reset_rate,
-            self.reset_rate != d.reset_rate,
-        )?;
-        w.put(
+        w.put("seed", self.seed)?;
+        w.changed("error_rate", self.error_rate, d.error_rate)?;
+        w.changed("hang_rate", self.hang_rate, d.hang_rate)?;
+        w.changed("hang_for", Ms(self.hang_for), Ms(d.hang_for))?;
+        w.changed("reset_rate", self.reset_rate, d.reset_rate)?;
+        w.changed(
             "response_lost_rate",
             self.response_lost_rate,
-            self.response_lost_rate != d.response_lost_rate,
+            d.response_lost_rate,
         )?;
-        w.put("latency", Ms(self.latency), self.latency != d.latency)?;
-        w.put("unavailable", self.unavailable, self.unavailable)?;
-        w.put(
+        w.changed("latency", Ms(self.latency), Ms(d.latency))?;
+        w.changed("unavailable", self.unavailable, d.unavailable)?;
+        w.changed(
             "callback_duplicates",
             self.callback_duplicates,
-            self.callback_duplicates != d.callback_duplicates,
+            d.callback_duplicates,
         )?;
-        w.put(
+        w.changed(
             "callback_delay",
             Ms(self.callback_delay),
-            self.callback_delay != d.callback_delay,
+            Ms(d.callback_delay),
         )?;
-        w.put(
+        w.changed(
             "callback_drop_rate",
             self.callback_drop_rate,
-            self.callback_drop_rate != d.callback_drop_rate,
+            d.callback_drop_rate,
         )
     }
 }
@@ -342,18 +322,29 @@ impl<'a, 'b> Fields<'a, 'b> {
         Self { f, first: true }
     }
 
-    fn put(&mut self, key: &str, value: impl fmt::Display, show: bool) -> fmt::Result {
-        if !show {
-            return Ok(());
-        }
+    fn put(&mut self, key: &str, value: impl fmt::Display) -> fmt::Result {
         if !self.first {
             self.f.write_str(",")?;
         }
         self.first = false;
         write!(self.f, "{key}={value}")
     }
+
+    /// Only what differs from the default.
+    fn changed<T: fmt::Display + PartialEq>(
+        &mut self,
+        key: &str,
+        value: T,
+        default: T,
+    ) -> fmt::Result {
+        if value == default {
+            return Ok(());
+        }
+        self.put(key, value)
+    }
 }
 
+#[derive(PartialEq)]
 struct Ms(Duration);
 
 impl fmt::Display for Ms {

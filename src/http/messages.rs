@@ -21,7 +21,7 @@ use super::openapi::{
 use super::AppState;
 use crate::config::bare_agent_id;
 use crate::domain::{Input, Phone, State as MsgState, Verdict};
-use crate::store::{Caller, Deadline, EventRow, MessageRow, NewMessage, Registered};
+use crate::store::{Caller, Deadline, EventRow, MessageRow, NewMessage, Registered, StoreError};
 
 pub const MAX_SMS_CHARS: usize = 1600;
 const MAX_METADATA_BYTES: usize = 4096;
@@ -184,6 +184,30 @@ impl MessageResource {
 async fn with_history(state: &AppState, m: MessageRow) -> Result<Json<MessageResource>, ApiError> {
     let events = state.store.history(m.id).await?;
     Ok(Json(MessageResource::new(m, Some(events))))
+}
+
+/// A registration whose deadline has passed is only fine as the retry of
+/// one that was stored (a client that lost the answer must still learn the
+/// message is registered): then the stored message, else the 422 to give.
+/// `None` when the deadline is still ahead.
+async fn registered_before(
+    state: &AppState,
+    new: &NewMessage,
+    deadline: Option<&str>,
+) -> Result<Option<Result<MessageRow, ApiError>>, StoreError> {
+    let Deadline::At(at) = new.deadline else {
+        return Ok(None);
+    };
+    if at > Utc::now() {
+        return Ok(None);
+    }
+    Ok(Some(match state.store.get(&new.message_id).await? {
+        Some(m) if m.request_digest == new.request_digest => Ok(m),
+        _ => Err(ApiError::invalid(
+            "deadline",
+            format!("{} is in the past", deadline.unwrap_or_default()),
+        )),
+    }))
 }
 
 /// A page's size and where it starts, from the `limit` and `cursor`
@@ -438,23 +462,10 @@ pub async fn create(
     JsonBody(req): JsonBody<CreateMessage>,
 ) -> Result<(StatusCode, Json<MessageResource>), ApiError> {
     let new = validate(&state, &scope, &req)?;
-    if let Deadline::At(at) = new.deadline {
-        if at <= Utc::now() {
-            // A client retrying a request whose answer it lost, after the
-            // deadline passed, must still learn the message is registered.
-            return match state.store.get(&new.message_id).await? {
-                Some(m) if m.request_digest == new.request_digest => {
-                    Ok((StatusCode::OK, with_history(&state, m).await?))
-                }
-                _ => Err(ApiError::invalid(
-                    "deadline",
-                    format!(
-                        "{} is in the past",
-                        req.deadline.as_deref().unwrap_or_default()
-                    ),
-                )),
-            };
-        }
+    match registered_before(&state, &new, req.deadline.as_deref()).await? {
+        Some(Ok(m)) => return Ok((StatusCode::OK, with_history(&state, m).await?)),
+        Some(Err(e)) => return Err(e),
+        None => {}
     }
     match state.writes.registrations.submit(new.clone()).await? {
         Registered::Created(m) => {
@@ -743,33 +754,23 @@ pub async fn create_batch(
             .and_then(|item| validate(&state, &scope, &item).map(|new| (item, new)));
         match item {
             Err(e) => results[i] = fail(i, e),
-            Ok((item, new)) => match new.deadline {
-                // As in `create`: a past deadline is only fine for a retry.
-                Deadline::At(at) if at <= Utc::now() => {
-                    results[i] = match state.store.get(&new.message_id).await? {
-                        Some(m) if m.request_digest == new.request_digest => Some(BatchItem {
+            Ok((item, new)) => {
+                match registered_before(&state, &new, item.deadline.as_deref()).await? {
+                    Some(Err(e)) => results[i] = fail(i, e),
+                    Some(Ok(m)) => {
+                        results[i] = Some(BatchItem {
                             index: i,
                             status: 200,
                             message: Some(MessageResource::new(m, None)),
                             error: None,
-                        }),
-                        _ => fail(
-                            i,
-                            ApiError::invalid(
-                                "deadline",
-                                format!(
-                                    "{} is in the past",
-                                    item.deadline.as_deref().unwrap_or_default()
-                                ),
-                            ),
-                        ),
+                        })
+                    }
+                    None => {
+                        accepted.push(new);
+                        positions.push(i);
                     }
                 }
-                _ => {
-                    accepted.push(new);
-                    positions.push(i);
-                }
-            },
+            }
         }
     }
     let registered = state.store.register_batch(&accepted, &state.policy).await?;

@@ -64,9 +64,7 @@ impl Store {
             })
             .collect();
         // A claim pushes due_at out by the lease: nothing to wake for.
-        let (applied, _) = self
-            .apply_all(&mut tx, rows.clone(), changes, policy)
-            .await?;
+        let (applied, _) = self.apply_all(&mut tx, rows, changes, policy).await?;
         tx.commit().await?;
         Ok(applied
             .into_iter()

@@ -140,9 +140,7 @@ impl Store {
                 })
             })
             .collect();
-        let (applied, due_in) = self
-            .apply_all(&mut tx, rows.clone(), changes, policy)
-            .await?;
+        let (applied, due_in) = self.apply_all(&mut tx, rows, changes, policy).await?;
         tx.commit().await?;
         self.poke(due_in);
         let mut applied = applied.into_iter();
