@@ -345,19 +345,27 @@ fn spawn_service(settings: Settings, listener: std::net::TcpListener) -> Service
     }
 }
 
-/// Creates the database named in `url` if it does not exist yet.
-pub async fn ensure_database(url: &str) -> anyhow::Result<()> {
+/// The database name in `url` (checked to be a plain identifier, since
+/// identifiers cannot be bound) and a connection to the server's
+/// `postgres` database, from where it can be created or dropped.
+async fn admin_connection(url: &str) -> anyhow::Result<(String, PgConnection)> {
     let parsed = reqwest::Url::parse(url).context("DATABASE_URL is not a URL")?;
     let name = parsed.path().trim_start_matches('/').to_owned();
     anyhow::ensure!(
         !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'),
         "database name {name:?} must be letters, digits and underscores"
     );
-    let mut admin = parsed.clone();
+    let mut admin = parsed;
     admin.set_path("/postgres");
-    let mut conn = PgConnection::connect(admin.as_str())
+    let conn = PgConnection::connect(admin.as_str())
         .await
         .with_context(|| format!("cannot reach PostgreSQL at {}", redact(&admin)))?;
+    Ok((name, conn))
+}
+
+/// Creates the database named in `url` if it does not exist yet.
+pub async fn ensure_database(url: &str) -> anyhow::Result<()> {
+    let (name, mut conn) = admin_connection(url).await?;
     let exists: bool =
         sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
             .bind(&name)
@@ -381,17 +389,7 @@ pub async fn ensure_database(url: &str) -> anyhow::Result<()> {
 /// Drops the database named in `url` (if it exists), disconnecting whoever
 /// is still connected to it.
 pub async fn drop_database(url: &str) -> anyhow::Result<()> {
-    let parsed = reqwest::Url::parse(url).context("DATABASE_URL is not a URL")?;
-    let name = parsed.path().trim_start_matches('/').to_owned();
-    anyhow::ensure!(
-        !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'),
-        "database name {name:?} must be letters, digits and underscores"
-    );
-    let mut admin = parsed.clone();
-    admin.set_path("/postgres");
-    let mut conn = PgConnection::connect(admin.as_str())
-        .await
-        .with_context(|| format!("cannot reach PostgreSQL at {}", redact(&admin)))?;
+    let (name, mut conn) = admin_connection(url).await?;
     sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
         .execute(&mut conn)
         .await?;
