@@ -5,6 +5,7 @@ pub mod backoff;
 pub mod machine;
 pub mod phone;
 pub mod ratelimit;
+pub mod sms_text;
 pub mod state;
 
 pub use machine::{
