@@ -4,6 +4,7 @@
 pub mod backoff;
 pub mod machine;
 pub mod phone;
+pub mod quiet;
 pub mod ratelimit;
 pub mod sms_text;
 pub mod state;
