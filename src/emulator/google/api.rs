@@ -12,11 +12,12 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use serde_json::{json, Value};
 use tokio::time::Instant;
 
-use super::{is_e164, oauth, Expiry, GoogleFaults, Inner, RevokeRecord};
+use super::send_body::{parse_send_body, AsSent};
+use super::{is_e164, oauth, Expiry, GoogleFaults, Inner, Refusal, RevokeRecord, SendRecord};
 use crate::emulator::conn::ConnKill;
 use crate::emulator::faults::{self, Fault, Plan};
 
@@ -286,9 +287,30 @@ async fn send(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    let received_at = Utc::now();
     let plan = plan_other(&inner, "send", &phone);
-    let act = || send_now(&inner, &phone, &params, &headers, &body);
-    under(&inner, &conn, plan, act).await.0
+    // In a task of its own, as a DELETE is, so that a client giving up on a
+    // hung request cannot keep the send from being recorded.
+    let task = tokio::spawn(async move {
+        let act = || send_now(&inner, &phone, &params, &headers, &body);
+        let (resp, status, answer_lost) = under(&inner, &conn, plan, act).await;
+        let sent = AsSent::read(&body);
+        inner.record_send(SendRecord {
+            phone,
+            message_id: params.get("messageId").cloned().unwrap_or_default(),
+            agent_id: params.get("agentId").cloned().unwrap_or_default(),
+            received_at,
+            status,
+            answered_at: Utc::now(),
+            answer_lost,
+            traffic_type: sent.traffic_type,
+            ttl: sent.ttl,
+            expire_time: sent.expire_time,
+        });
+        resp
+    });
+    task.await
+        .unwrap_or_else(|_| google_error(StatusCode::INTERNAL_SERVER_ERROR, "emulator task failed"))
 }
 
 fn send_now(
@@ -306,18 +328,27 @@ fn send_now(
         Some(_) => return bad_request("messageId must be a UUID."),
         None => return bad_request("Missing required parameter: messageId."),
     };
-    let req = match parse_send_body(body) {
+    // Google checks the request before it looks at the phone: a body it
+    // refuses is answered 400 even for a phone it cannot reach.
+    let req = match parse_send_body(body, Utc::now()) {
         Ok(req) => req,
-        Err(msg) => return bad_request(&msg),
+        Err(bad) => return bad_request(&bad.to_string()),
     };
-    let resource = inner.send_message(
+    match inner.send_message(
         phone,
         &message_id,
         req.content,
         req.traffic_type,
         req.expiry,
-    );
-    (StatusCode::OK, Json(resource)).into_response()
+    ) {
+        Ok(resource) => (StatusCode::OK, Json(resource)).into_response(),
+        Err(refusal) => refusal_answer(refusal),
+    }
+}
+
+fn refusal_answer(refusal: Refusal) -> Response {
+    let code = StatusCode::from_u16(refusal.status()).unwrap_or(StatusCode::NOT_FOUND);
+    google_error(code, &refusal.to_string())
 }
 
 fn bad_request(detail: &str) -> Response {
@@ -325,67 +356,6 @@ fn bad_request(detail: &str) -> Response {
         StatusCode::BAD_REQUEST,
         &format!("Request contains an invalid argument: {detail}"),
     )
-}
-
-#[derive(Debug)]
-struct SendBody {
-    content: Value,
-    traffic_type: Option<String>,
-    expiry: Option<Expiry>,
-}
-
-fn parse_send_body(body: &[u8]) -> Result<SendBody, String> {
-    let v: Value =
-        serde_json::from_slice(body).map_err(|e| format!("Invalid JSON payload: {e}"))?;
-    let content = match v.get("contentMessage") {
-        Some(c @ Value::Object(_)) => c.clone(),
-        _ => return Err("contentMessage is required.".to_owned()),
-    };
-    let traffic_type = match v.get("messageTrafficType") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(t)) => Some(t.clone()),
-        Some(_) => return Err("messageTrafficType must be a string.".to_owned()),
-    };
-    let expiry = match (v.get("ttl"), v.get("expireTime")) {
-        (Some(_), Some(_)) => return Err("only one of ttl and expireTime may be set.".to_owned()),
-        (Some(t), None) => Some(Expiry::Ttl(
-            t.as_str()
-                .and_then(parse_duration)
-                .ok_or_else(|| format!("invalid ttl {t}."))?,
-        )),
-        (None, Some(e)) => Some(Expiry::At(
-            e.as_str()
-                .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
-                .ok_or_else(|| format!("invalid expireTime {e}."))?
-                .with_timezone(&Utc),
-        )),
-        (None, None) => None,
-    };
-    Ok(SendBody {
-        content,
-        traffic_type,
-        expiry,
-    })
-}
-
-/// The JSON form of google.protobuf.Duration: seconds with up to nine
-/// fractional digits and an "s" suffix, e.g. "600s" or "3.5s".
-fn parse_duration(s: &str) -> Option<Duration> {
-    let num = s.strip_suffix('s')?;
-    let (whole, frac) = num.split_once('.').unwrap_or((num, ""));
-    if whole.is_empty() || !whole.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    if frac.len() > 9 || !frac.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    let secs: u64 = whole.parse().ok()?;
-    let nanos: u32 = if frac.is_empty() {
-        0
-    } else {
-        format!("{frac:0<9}").parse().ok()?
-    };
-    Some(Duration::new(secs, nanos))
 }
 
 async fn capabilities(
@@ -411,6 +381,9 @@ fn capabilities_now(
     }
     if !params.contains_key("requestId") {
         return bad_request("Missing required parameter: requestId.");
+    }
+    if let Err(refusal) = inner.reachable(phone) {
+        return refusal_answer(refusal);
     }
     let features = [
         "RICHCARD_STANDALONE",
@@ -446,49 +419,12 @@ async fn control_send(State(inner): State<Arc<Inner>>, body: Bytes) -> Response 
         .filter(|t| *t > 0.0)
         .map(Duration::from_secs_f64);
     let content = json!({ "text": format!("sandbox message {id}") });
-    inner.send_message(phone, id, content, None, ttl.map(Expiry::Ttl));
+    if let Err(refusal) = inner.send_message(phone, id, content, None, ttl.map(Expiry::Ttl)) {
+        return refusal_answer(refusal);
+    }
     (
         StatusCode::OK,
         Json(json!({ "name": format!("phones/{phone}/agentMessages/{id}") })),
     )
         .into_response()
-}
-
-#[cfg(test)]
-mod unit {
-    use super::*;
-
-    #[test]
-    fn durations_in_protobuf_json_form() {
-        assert_eq!(parse_duration("600s"), Some(Duration::from_secs(600)));
-        assert_eq!(parse_duration("3.5s"), Some(Duration::from_millis(3500)));
-        assert_eq!(
-            parse_duration("0.000000001s"),
-            Some(Duration::from_nanos(1))
-        );
-        for bad in ["600", "-1s", "s", ".5s", "1.0000000001s", "1e3s", "1.5.2s"] {
-            assert_eq!(parse_duration(bad), None, "{bad}");
-        }
-    }
-
-    #[test]
-    fn send_body_rules() {
-        let ok = parse_send_body(br#"{"contentMessage":{"text":"hi"},"ttl":"10s"}"#);
-        assert_eq!(
-            ok.map(|b| b.expiry),
-            Ok(Some(Expiry::Ttl(Duration::from_secs(10))))
-        );
-        let both =
-            br#"{"contentMessage":{"text":"hi"},"ttl":"10s","expireTime":"2030-01-01T00:00:00Z"}"#;
-        assert!(parse_send_body(both).is_err());
-        assert!(parse_send_body(br#"{"ttl":"10s"}"#).is_err());
-        assert!(parse_send_body(b"not json").is_err());
-        let at = br#"{"contentMessage":{"text":"hi"},"expireTime":"2000-01-01T01:00:00+01:00"}"#;
-        let expected =
-            DateTime::parse_from_rfc3339("2000-01-01T00:00:00Z").map(|t| t.with_timezone(&Utc));
-        assert_eq!(
-            parse_send_body(at).map(|b| b.expiry),
-            Ok(expected.ok().map(Expiry::At))
-        );
-    }
 }

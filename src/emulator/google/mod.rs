@@ -6,12 +6,26 @@
 //! disagree (revoke semantics), each reading is a `PhoneBehaviour`, so the
 //! service can be tested under both.
 //!
+//! Phone behaviours: `Online` (delivers, then read), `Offline` (never
+//! delivers), `RevokeRace` (delivered after a revoke answered 200),
+//! `TtlRevokeFails` and `TtlRace` (TTL expiry racing delivery), `NotRcs`
+//! (no RCS, or a carrier without RBM: send and capabilities answer 404) and
+//! `NotLaunched` (the agent may not reach this user: 403).
+//!
+//! A send is checked as Google checks it, before the phone is looked at:
+//! one kind of content, text of at most 3072 characters, a known traffic
+//! type, an expiry within 15 days; anything else is answered 400. A
+//! messageId already known is answered its stored resource and changes
+//! nothing. Every send and every revoke received is recorded (`sends`,
+//! `revokes`).
+//!
 //! [`GoogleFaults`], switched with `set_faults`, make it misbehave: API
 //! errors, hangs, resets, slowness, a full outage, and webhooks duplicated,
 //! reordered or never sent.
 
 mod api;
 mod oauth;
+mod send_body;
 mod webhook;
 
 #[cfg(test)]
@@ -93,6 +107,42 @@ pub enum PhoneBehaviour {
     /// the message: DELIVERED follows `delay` later. Google documents that
     /// delivery and TTL expiry race and both events may come.
     TtlRace { delay: Duration },
+    /// Not RCS-capable, or its carrier has not launched RBM: a send or a
+    /// capability check answers 404 NOT_FOUND; nothing is stored, no webhook
+    /// ever comes.
+    NotRcs,
+    /// The agent is not launched for this user: a send or a capability
+    /// check answers 403 PERMISSION_DENIED; nothing is stored.
+    NotLaunched,
+}
+
+impl PhoneBehaviour {
+    /// Why Google refuses messages for such a phone, if it does.
+    fn refusal(&self) -> Option<Refusal> {
+        match self {
+            Self::NotRcs => Some(Refusal::NotRcs),
+            Self::NotLaunched => Some(Refusal::NotLaunched),
+            _ => None,
+        }
+    }
+}
+
+/// A send or capability check Google refuses because of the phone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+enum Refusal {
+    #[error("Requested entity was not found.")]
+    NotRcs,
+    #[error("The agent is not launched for this user.")]
+    NotLaunched,
+}
+
+impl Refusal {
+    fn status(self) -> u16 {
+        match self {
+            Self::NotRcs => 404,
+            Self::NotLaunched => 403,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -119,6 +169,30 @@ pub struct RevokeRecord {
     pub answered_at: DateTime<Utc>,
     /// A fault dropped the connection instead of answering.
     pub answer_lost: bool,
+}
+
+/// One POST to the send endpoint, whatever was answered.
+#[derive(Clone, Debug)]
+pub struct SendRecord {
+    pub phone: String,
+    /// The `messageId` query parameter as received ("" when absent).
+    pub message_id: String,
+    /// The `agentId` query parameter as received ("" when absent).
+    pub agent_id: String,
+    pub received_at: DateTime<Utc>,
+    /// The status answered, or for an answer lost to a fault (hang, reset)
+    /// the one that would have been (0 when the request was not carried out).
+    pub status: u16,
+    /// When the answer went out (or was lost).
+    pub answered_at: DateTime<Utc>,
+    /// A fault dropped the connection instead of answering.
+    pub answer_lost: bool,
+    /// `messageTrafficType` as sent (JSON text when not a string).
+    pub traffic_type: Option<String>,
+    /// `ttl` as sent, e.g. "600s".
+    pub ttl: Option<String>,
+    /// `expireTime` as sent.
+    pub expire_time: Option<String>,
 }
 
 /// One try to deliver one webhook.
@@ -192,6 +266,7 @@ struct State {
     messages: HashMap<String, Message>,
     revoke_faults: VecDeque<u16>,
     revokes: Vec<RevokeRecord>,
+    sends: Vec<SendRecord>,
     webhooks: Vec<WebhookRecord>,
     access_tokens: HashMap<String, Instant>,
     token_grants: usize,
@@ -213,6 +288,7 @@ struct Inner {
     http: reqwest::Client,
     state: Mutex<State>,
     revoke_count: watch::Sender<usize>,
+    send_count: watch::Sender<usize>,
     webhook_count: watch::Sender<usize>,
     /// Webhooks the faults dropped.
     dropped_count: watch::Sender<usize>,
@@ -272,11 +348,13 @@ impl GoogleEmulator {
                 messages: HashMap::new(),
                 revoke_faults: VecDeque::new(),
                 revokes: Vec::new(),
+                sends: Vec::new(),
                 webhooks: Vec::new(),
                 access_tokens: HashMap::new(),
                 token_grants: 0,
             }),
             revoke_count: watch::channel(0).0,
+            send_count: watch::channel(0).0,
             webhook_count: watch::channel(0).0,
             dropped_count: watch::channel(0).0,
             revoke_hold: watch::channel(false).0,
@@ -390,11 +468,18 @@ impl GoogleEmulator {
     }
 
     /// What the agent does before registering with rbm-fallback: send a
-    /// message (same effect as the HTTP send endpoint). ttl None = no TTL.
-    pub fn agent_send(&self, phone: &str, message_id: &str, ttl: Option<Duration>) {
+    /// message (same effect as the HTTP send endpoint, but not recorded in
+    /// `sends`). ttl None = no TTL. Returns the status Google answers: 200,
+    /// or 404 / 403 for a `NotRcs` / `NotLaunched` phone (nothing stored).
+    pub fn agent_send(&self, phone: &str, message_id: &str, ttl: Option<Duration>) -> u16 {
         let content = json!({ "text": format!("sandbox message {message_id}") });
-        self.inner
-            .send_message(phone, message_id, content, None, ttl.map(Expiry::Ttl));
+        match self
+            .inner
+            .send_message(phone, message_id, content, None, ttl.map(Expiry::Ttl))
+        {
+            Ok(_) => 200,
+            Err(refusal) => refusal.status(),
+        }
     }
 
     /// Marks a queued message delivered now; with `notify`, sends the
@@ -464,6 +549,22 @@ impl GoogleEmulator {
     ) -> anyhow::Result<Vec<RevokeRecord>> {
         wait_count(&self.inner.revoke_count, n, timeout, "revokes").await?;
         Ok(self.revokes())
+    }
+
+    /// Every POST to the send endpoint, in order, including those refused
+    /// or hit by a fault (not those an outage answered 503).
+    pub fn sends(&self) -> Vec<SendRecord> {
+        self.inner.st().sends.clone()
+    }
+
+    /// Resolves once at least `n` sends were received.
+    pub async fn wait_for_sends(
+        &self,
+        n: usize,
+        timeout: Duration,
+    ) -> anyhow::Result<Vec<SendRecord>> {
+        wait_count(&self.inner.send_count, n, timeout, "sends").await?;
+        Ok(self.sends())
     }
 
     /// Holds every DELETE (arriving or already waiting) unanswered while
@@ -612,8 +713,22 @@ impl Inner {
         given == self.agent_id || given.strip_suffix(AGENT_DOMAIN) == Some(&self.agent_id)
     }
 
+    fn behaviour_of(&self, st: &State, phone: &str) -> PhoneBehaviour {
+        st.phones
+            .get(phone)
+            .cloned()
+            .unwrap_or_else(|| self.default_phone.clone())
+    }
+
+    /// Whether Google reaches this phone for this agent (capability check).
+    fn reachable(&self, phone: &str) -> Result<(), Refusal> {
+        let st = self.st();
+        self.behaviour_of(&st, phone).refusal().map_or(Ok(()), Err)
+    }
+
     /// Stores a message and schedules what its phone does with it; a
-    /// messageId already known is ignored and its resource answered again.
+    /// messageId already known is ignored and its resource answered again,
+    /// whatever the phone does now. A phone Google cannot reach refuses.
     fn send_message(
         self: &Arc<Self>,
         phone: &str,
@@ -621,17 +736,16 @@ impl Inner {
         content: Value,
         traffic_type: Option<String>,
         expiry: Option<Expiry>,
-    ) -> Value {
+    ) -> Result<Value, Refusal> {
         let send_time = Utc::now();
         let mut st = self.st();
         if let Some(m) = st.messages.get(message_id) {
-            return m.resource.clone();
+            return Ok(m.resource.clone());
         }
-        let behaviour = st
-            .phones
-            .get(phone)
-            .cloned()
-            .unwrap_or_else(|| self.default_phone.clone());
+        let behaviour = self.behaviour_of(&st, phone);
+        if let Some(refusal) = behaviour.refusal() {
+            return Err(refusal);
+        }
         let mut resource = json!({
             "name": format!("phones/{phone}/agentMessages/{message_id}"),
             "sendTime": rfc3339(send_time),
@@ -664,7 +778,7 @@ impl Inner {
         );
         drop(st);
         self.schedule(phone, message_id, &behaviour, ttl);
-        resource
+        Ok(resource)
     }
 
     fn schedule(
@@ -818,6 +932,15 @@ impl Inner {
             st.revokes.len()
         };
         self.revoke_count.send_replace(n);
+    }
+
+    fn record_send(&self, record: SendRecord) {
+        let n = {
+            let mut st = self.st();
+            st.sends.push(record);
+            st.sends.len()
+        };
+        self.send_count.send_replace(n);
     }
 
     fn record_webhook(&self, record: WebhookRecord) {

@@ -140,6 +140,22 @@ impl Api {
         let status = resp.status().as_u16();
         (status, resp.json().await.expect("JSON body"))
     }
+
+    async fn capabilities(&self, phone: &str) -> (u16, Value) {
+        let resp = self
+            .http
+            .get(format!(
+                "{}/v1/phones/{phone}/capabilities?requestId={}&agentId={}",
+                self.base,
+                msg_id(),
+                self.agent
+            ))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .expect("capabilities answered");
+        status_and_json(resp).await
+    }
 }
 
 async fn status_and_json(resp: reqwest::Response) -> (u16, Value) {
@@ -597,29 +613,22 @@ async fn send_refuses_bad_arguments() {
     }
     assert_eq!(emu.message_state(&id), None);
 
+    // An expireTime is answered back in Google's form, in UTC.
+    let tomorrow = (Utc::now() + chrono::TimeDelta::days(1)).date_naive();
     let (status, resource) = api
         .send(
             PHONE,
             &format!("messageId={id}"),
-            &json!({"contentMessage": {"text": "hi"}, "expireTime": "2030-01-01T00:00:00Z"}),
+            &json!({"contentMessage": {"text": "hi"}, "expireTime": format!("{tomorrow}T01:00:00+01:00")}),
         )
         .await;
     assert_eq!(status, 200);
-    assert_eq!(resource["expireTime"], "2030-01-01T00:00:00.000000Z");
+    assert_eq!(
+        resource["expireTime"],
+        format!("{tomorrow}T00:00:00.000000Z")
+    );
 
-    let resp = api
-        .http
-        .get(format!(
-            "{}/v1/phones/{PHONE}/capabilities?requestId={}&agentId={}",
-            api.base,
-            msg_id(),
-            api.agent
-        ))
-        .bearer_auth(&api.token)
-        .send()
-        .await
-        .expect("answered");
-    let (status, caps) = status_and_json(resp).await;
+    let (status, caps) = api.capabilities(PHONE).await;
     assert_eq!(status, 200);
     assert!(caps["features"]
         .as_array()
@@ -1255,4 +1264,360 @@ async fn faults_can_be_switched_over_http() {
     assert_eq!(shown.text().await.expect("text"), "seed=0");
     // The control plane is not counted as Google traffic.
     assert_eq!(emu.requests(), 0);
+}
+
+// ---- phones Google cannot reach, content it refuses, what was sent ----
+
+const OTHER: &str = "+15550002222";
+
+fn text(t: &str) -> Value {
+    json!({"contentMessage": {"text": t}})
+}
+
+fn error_body(code: u16, message: &str, status: &str) -> Value {
+    json!({"error": {"code": code, "message": message, "status": status}})
+}
+
+#[tokio::test]
+async fn not_rcs_phone_answers_404_to_send_and_capabilities_and_stores_nothing() {
+    let emu = emulator().await;
+    let api = Api::new(&emu).await;
+    emu.set_phone(PHONE, PhoneBehaviour::NotRcs);
+    let not_found = error_body(404, "Requested entity was not found.", "NOT_FOUND");
+    let id = msg_id();
+    let body = json!({"contentMessage": {"text": "code 1234"}, "ttl": "0.01s"});
+    let query = format!("messageId={id}");
+    assert_eq!(
+        api.send(PHONE, &query, &body).await,
+        (404, not_found.clone())
+    );
+    assert_eq!(api.capabilities(PHONE).await, (404, not_found.clone()));
+    assert_eq!(emu.message_state(&id), None);
+    assert_eq!(
+        status_and_json(api.delete(PHONE, &id).await).await,
+        (404, not_found.clone())
+    );
+
+    // The agent's own sends and the control plane are refused alike.
+    assert_eq!(emu.agent_send(PHONE, &id, Some(MS)), 404);
+    let resp = api
+        .http
+        .post(format!("{}/emulator/agent-send", api.base))
+        .json(&json!({"phone": PHONE, "message_id": id}))
+        .send()
+        .await
+        .expect("answered");
+    assert_eq!(status_and_json(resp).await, (404, not_found));
+    assert_eq!(emu.message_state(&id), None);
+
+    // Other phones are unaffected.
+    let other = msg_id();
+    let (status, _) = api
+        .send(OTHER, &format!("messageId={other}"), &text("hi"))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(api.capabilities(OTHER).await.0, 200);
+
+    // No timer, no webhook: nothing will ever happen for the refused sends.
+    tokio::time::sleep(30 * MS).await;
+    assert_eq!(emu.busy(), 0);
+    assert!(emu.webhooks_sent().is_empty());
+    assert!(emu.webhooks_dropped().is_empty());
+    let statuses: Vec<u16> = emu.sends().iter().map(|r| r.status).collect();
+    assert_eq!(statuses, [404, 200]);
+}
+
+#[tokio::test]
+async fn not_launched_phone_answers_403_to_send_and_capabilities() {
+    let emu = GoogleEmulator::start(GoogleEmulatorConfig {
+        default_phone: PhoneBehaviour::NotLaunched,
+        ..cfg()
+    })
+    .await
+    .expect("emulator starts");
+    let api = Api::new(&emu).await;
+    let id = msg_id();
+    let (status, body) = api
+        .send(OTHER, &format!("messageId={id}"), &text("hi"))
+        .await;
+    assert_eq!(
+        (status, &body["error"]["code"], &body["error"]["status"]),
+        (403, &json!(403), &json!("PERMISSION_DENIED"))
+    );
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("agent is not launched"), "{message}");
+    assert_eq!(api.capabilities(OTHER).await, (403, body));
+    assert_eq!(emu.message_state(&id), None);
+    assert_eq!(emu.agent_send(OTHER, &id, None), 403);
+
+    // A phone set otherwise is reached.
+    emu.set_phone(PHONE, PhoneBehaviour::Offline);
+    let (status, _) = api
+        .send(PHONE, &format!("messageId={id}"), &text("hi"))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(api.capabilities(PHONE).await.0, 200);
+    assert_eq!(emu.message_state(&id), Some(EmuMessageState::Queued));
+}
+
+#[tokio::test]
+async fn content_is_checked_before_the_phone_and_refused_with_400() {
+    let emu = emulator().await;
+    let api = Api::new(&emu).await;
+    emu.set_phone(PHONE, PhoneBehaviour::NotRcs);
+    emu.set_phone(OTHER, PhoneBehaviour::NotLaunched);
+    let days = |d: i64| rfc3339(Utc::now() + chrono::TimeDelta::days(d));
+    let cases = [
+        (json!({"contentMessage": {}}), "exactly one of"),
+        (
+            json!({"contentMessage": {"text": "hi", "richCard": {"standaloneCard": {}}}}),
+            "it sets text, richCard",
+        ),
+        (text(&"a".repeat(3073)), "3073 characters"),
+        (
+            json!({"contentMessage": {"text": "hi", "colour": "red"}}),
+            "Unknown name \"colour\"",
+        ),
+        (
+            json!({"contentMessage": {"text": "hi"}, "messageTrafficType": "MARKETING"}),
+            "MARKETING",
+        ),
+        (
+            json!({"contentMessage": {"text": "hi"}, "ttl": "1296001s"}),
+            "15 days",
+        ),
+        (
+            json!({"contentMessage": {"text": "hi"}, "expireTime": days(16)}),
+            "15 days",
+        ),
+    ];
+    // 400 for a reachable phone and, before its 404 or 403, for the others.
+    for phone in [PHONE, OTHER, "+15550003333"] {
+        for (body, detail) in &cases {
+            let id = msg_id();
+            let (status, answer) = api.send(phone, &format!("messageId={id}"), body).await;
+            assert_eq!(
+                (status, &answer["error"]["status"]),
+                (400, &json!("INVALID_ARGUMENT")),
+                "{phone} {body}: {answer}"
+            );
+            let message = answer["error"]["message"].as_str().unwrap_or_default();
+            assert!(
+                message.starts_with("Request contains an invalid argument")
+                    && message.contains(detail),
+                "{message}"
+            );
+            assert_eq!(emu.message_state(&id), None);
+        }
+    }
+
+    // What a device can show passes.
+    let fine = [
+        text(&"é".repeat(3072)),
+        json!({"contentMessage": {"fileName": "files/abc", "suggestions": []}}),
+        json!({"contentMessage": {"richCard": {"standaloneCard": {}}}}),
+        json!({"contentMessage": {"text": "hi"}, "ttl": "1296000s"}),
+        json!({"contentMessage": {"text": "hi"}, "expireTime": days(14)}),
+    ];
+    let traffic = [
+        "MESSAGE_TRAFFIC_TYPE_UNSPECIFIED",
+        "AUTHENTICATION",
+        "TRANSACTION",
+        "PROMOTION",
+        "SERVICEREQUEST",
+        "ACKNOWLEDGEMENT",
+    ]
+    .map(|t| json!({"contentMessage": {"text": "hi"}, "messageTrafficType": t}));
+    for body in fine.iter().chain(&traffic) {
+        let (status, answer) = api
+            .send("+15550003333", &format!("messageId={}", msg_id()), body)
+            .await;
+        assert_eq!(status, 200, "{body}: {answer}");
+    }
+}
+
+#[tokio::test]
+async fn a_repeated_send_answers_the_stored_resource_and_changes_nothing() {
+    let emu = emulator().await;
+    let api = Api::new(&emu).await;
+    let id = msg_id();
+    let query = format!("messageId={id}");
+    let body = json!({"contentMessage": {"text": "code 1234"}, "messageTrafficType": "AUTHENTICATION", "ttl": "3.5s"});
+    let (status, resource) = api.send(PHONE, &query, &body).await;
+    assert_eq!(status, 200, "{resource}");
+    let time = |field: &str| {
+        DateTime::parse_from_rfc3339(resource[field].as_str().expect("a time")).expect("RFC 3339")
+    };
+    assert_eq!(
+        time("expireTime") - time("sendTime"),
+        chrono::TimeDelta::milliseconds(3500)
+    );
+    // The one TTL timer of an offline phone.
+    assert_eq!(emu.busy(), 1);
+
+    let other = json!({"contentMessage": {"text": "something else"}, "ttl": "1s"});
+    assert_eq!(
+        api.send(PHONE, &query, &other).await,
+        (200, resource.clone())
+    );
+    assert_eq!(emu.busy(), 1);
+
+    assert_eq!(api.delete(PHONE, &id).await.status().as_u16(), 200);
+    assert_eq!(
+        api.send(PHONE, &query, &body).await,
+        (200, resource.clone())
+    );
+    assert_eq!(emu.message_state(&id), Some(EmuMessageState::Revoked));
+
+    // Known is known, whatever the phone does now.
+    emu.set_phone(PHONE, PhoneBehaviour::NotRcs);
+    assert_eq!(api.send(PHONE, &query, &body).await, (200, resource));
+    assert_eq!(emu.message_state(&id), Some(EmuMessageState::Revoked));
+    let statuses: Vec<u16> = emu.sends().iter().map(|r| r.status).collect();
+    assert_eq!(statuses, [200, 200, 200, 200]);
+
+    // Without ttl or expireTime the resource has no expireTime.
+    let (status, resource) = api
+        .send(OTHER, &format!("messageId={}", msg_id()), &text("hi"))
+        .await;
+    assert_eq!(status, 200);
+    assert!(resource.get("expireTime").is_none(), "{resource}");
+}
+
+#[tokio::test]
+async fn sends_are_recorded_with_what_was_sent_and_answered() {
+    let emu = emulator().await;
+    let api = Api::new(&emu).await;
+    emu.set_phone(OTHER, PhoneBehaviour::NotRcs);
+    let ids: Vec<String> = (0..4).map(|_| msg_id()).collect();
+    let before = Utc::now();
+
+    let resp = api
+        .http
+        .post(format!(
+            "{}/v1/phones/{PHONE}/agentMessages?messageId={}&agentId={}",
+            api.base, ids[0], api.agent
+        ))
+        .json(&text("no token"))
+        .send()
+        .await
+        .expect("answered");
+    assert_eq!(resp.status().as_u16(), 401);
+    let refused =
+        json!({"contentMessage": {"text": "hi"}, "messageTrafficType": "MARKETING", "ttl": "600s"});
+    let at = rfc3339(Utc::now() + chrono::TimeDelta::hours(1));
+    let at = at.as_str();
+    let taken = json!({"contentMessage": {"text": "hi"}, "messageTrafficType": "TRANSACTION", "expireTime": at});
+    let unreachable = json!({"contentMessage": {"text": "hi"}, "ttl": "60s"});
+    let answers = [
+        api.send(PHONE, &format!("messageId={}", ids[1]), &refused)
+            .await
+            .0,
+        api.send(PHONE, &format!("messageId={}", ids[2]), &taken)
+            .await
+            .0,
+        api.send(OTHER, &format!("messageId={}", ids[3]), &unreachable)
+            .await
+            .0,
+    ];
+    assert_eq!(answers, [400, 200, 404]);
+
+    let sends = emu.wait_for_sends(4, WAIT).await.expect("four sends");
+    let seen: Vec<_> = sends
+        .iter()
+        .map(|r| {
+            (
+                r.phone.as_str(),
+                r.message_id.as_str(),
+                r.status,
+                r.traffic_type.as_deref(),
+                r.ttl.as_deref(),
+                r.expire_time.as_deref(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            (PHONE, ids[0].as_str(), 401, None, None, None),
+            (
+                PHONE,
+                ids[1].as_str(),
+                400,
+                Some("MARKETING"),
+                Some("600s"),
+                None
+            ),
+            (
+                PHONE,
+                ids[2].as_str(),
+                200,
+                Some("TRANSACTION"),
+                None,
+                Some(at)
+            ),
+            (OTHER, ids[3].as_str(), 404, None, Some("60s"), None),
+        ]
+    );
+    for r in &sends {
+        assert_eq!(r.agent_id, emu.agent_id());
+        assert!(before <= r.received_at && r.received_at <= r.answered_at);
+        assert!(!r.answer_lost);
+    }
+
+    // The agent's own sends do not go through the API.
+    emu.agent_send(PHONE, &msg_id(), None);
+    assert!(emu.wait_for_sends(5, 20 * MS).await.is_err());
+}
+
+#[tokio::test]
+async fn a_hung_send_is_recorded_after_the_client_gave_up() {
+    let emu = emulator().await;
+    let token = access_token(&emu).await;
+    let impatient = reqwest::Client::builder()
+        .timeout(Duration::from_millis(100))
+        .build()
+        .expect("client");
+    let faults = GoogleFaults {
+        seed: 11,
+        hang_rate: 1.0,
+        hang_for: Duration::from_millis(300),
+        ..GoogleFaults::default()
+    };
+    emu.set_faults(faults.clone());
+    let n = 12;
+    for i in 0..n {
+        let err = impatient
+            .post(format!(
+                "{}/v1/phones/{PHONE}/agentMessages?messageId={}&agentId={}",
+                emu.base_url(),
+                fixed_id(i),
+                emu.agent_id()
+            ))
+            .bearer_auth(&token)
+            .json(&text("hi"))
+            .send()
+            .await
+            .expect_err("no answer within the client timeout");
+        assert!(err.is_timeout(), "{err}");
+    }
+    let records = emu.wait_for_sends(n, WAIT).await.expect("all recorded");
+    let mut stored = 0;
+    for (i, r) in records.iter().enumerate() {
+        assert!(r.answer_lost);
+        assert!(r.answered_at - r.received_at >= chrono::TimeDelta::milliseconds(290));
+        // Sends are the only calls here, so the i-th is the (i+1)-th draw.
+        let applied = match faults.plan(&["send", PHONE, &(i + 1).to_string()]).fault {
+            Fault::Hang { applied } => applied,
+            other => panic!("unexpected plan {other:?}"),
+        };
+        let state = emu.message_state(&r.message_id);
+        if applied {
+            stored += 1;
+            assert_eq!((r.status, state), (200, Some(EmuMessageState::Queued)));
+        } else {
+            assert_eq!((r.status, state), (0, None));
+        }
+    }
+    assert!(0 < stored && stored < n, "{stored} of {n} stored");
 }
