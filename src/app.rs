@@ -15,17 +15,20 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::config::{DatabaseSettings, Settings};
-use crate::domain::Policy;
+use crate::domain::{OnUncertain, Policy};
 use crate::google::{RbmClient, TokenSource};
 use crate::http::{router, AppState};
 use crate::store::Store;
 use crate::twilio::TwilioClient;
 use crate::worker::Worker;
 
+/// The deployment's policy: what a message without its own (one stored
+/// before policies existed) lives by.
 pub fn policy(settings: &Settings) -> Policy {
     Policy {
         confirm_window: settings.fallback.confirm_window,
         lease: settings.worker.lease,
+        on_uncertain: OnUncertain::Skip,
     }
 }
 
@@ -65,7 +68,8 @@ pub async fn run(
     let settings = Arc::new(settings);
     let store = connect_store(&settings.database, settings.worker.max_idle)
         .await?
-        .with_default_callback_url(settings.callbacks.url.as_deref());
+        .with_default_callback_url(settings.callbacks.url.as_deref())
+        .with_unreachable_ttl(settings.fallback.rcs_unreachable_ttl);
     migrate(&store, Duration::from_secs(60)).await?;
 
     let tokens =

@@ -2,13 +2,16 @@
 //! optional file, then the environment; validated once at start so a bad
 //! setting stops the process with a message naming it, never later mid-flight.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
+
+use crate::domain::policy::{PolicyDefaults, PolicyOverrides, QuietSetting, TrafficType};
+use crate::domain::OnUncertain;
 
 pub const DEFAULTS: &str = include_str!("../config/default.toml");
 
@@ -110,6 +113,8 @@ pub struct AgentSettings {
     /// agent acts only for the agents listing it; any other API token acts
     /// for every agent.
     pub api_tokens: Vec<Secret>,
+    /// The agent's policy defaults, over the deployment's.
+    pub policy: PolicyDefaults,
 }
 
 #[derive(Clone, Debug)]
@@ -210,6 +215,13 @@ pub struct TwilioSettings {
 pub struct FallbackSettings {
     pub confirm_window: Duration,
     pub max_deadline: Duration,
+    /// The deployment's policy defaults (`on_uncertain`, `quiet_hours`, and
+    /// per traffic type); `confirm_window` is its confirm window.
+    pub policy: PolicyDefaults,
+    /// The most SMS segments a message's text may need.
+    pub max_sms_segments: u32,
+    /// How long a phone Google could not reach over RCS goes straight to SMS.
+    pub rcs_unreachable_ttl: Duration,
 }
 
 #[derive(Clone, Debug)]
@@ -441,10 +453,36 @@ struct RawAgent {
     sms_from: Option<String>,
     #[serde(default)]
     api_tokens: Vec<String>,
+    #[serde(default)]
+    policy: PolicyOverrides,
+    #[serde(default)]
+    traffic: HashMap<TrafficType, PolicyOverrides>,
 }
 
 /// The regional RBM hosts an agent may live in.
 const REGIONS: &[&str] = &["us", "europe", "asia"];
+
+/// A level's policy defaults, checked; `at` names the level in errors.
+fn policy_defaults(
+    at: &str,
+    all: &PolicyOverrides,
+    traffic: &HashMap<TrafficType, PolicyOverrides>,
+) -> Result<PolicyDefaults, ConfigError> {
+    let checked = |o: &PolicyOverrides, path: String| {
+        o.check().map_err(|(field, message)| ConfigError::Invalid {
+            setting: format!("{path}.{field}"),
+            message,
+        })
+    };
+    checked(all, format!("{at}.policy"))?;
+    for (t, o) in traffic {
+        checked(o, format!("{at}.traffic.{}", t.as_str()))?;
+    }
+    Ok(PolicyDefaults {
+        all: all.clone(),
+        traffic: traffic.clone(),
+    })
+}
 
 fn agent_invalid(i: usize, key: &str, message: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
@@ -557,6 +595,7 @@ impl RawAgent {
                 .filter(|s| !s.is_empty())
                 .map(str::to_owned),
             api_tokens,
+            policy: policy_defaults(&format!("agents[{i}]"), &self.policy, &self.traffic)?,
         })
     }
 }
@@ -660,6 +699,12 @@ struct RawTwilio {
 struct RawFallback {
     confirm_window_ms: u64,
     max_deadline_secs: u64,
+    on_uncertain: OnUncertain,
+    quiet_hours: QuietSetting,
+    max_sms_segments: u32,
+    rcs_unreachable_ttl_secs: u64,
+    #[serde(default)]
+    traffic: HashMap<TrafficType, PolicyOverrides>,
 }
 
 #[derive(Deserialize)]
@@ -860,6 +905,7 @@ impl Raw {
                 default_deadline: None,
                 sms_from: None,
                 api_tokens: Vec::new(),
+                policy: PolicyDefaults::default(),
             })
         } else {
             if !r.relay_url.trim().is_empty() {
@@ -920,7 +966,26 @@ impl Raw {
                 3_600_000,
             )?,
             max_deadline: Duration::from_secs(f.max_deadline_secs),
+            policy: policy_defaults(
+                "fallback",
+                &PolicyOverrides {
+                    on_uncertain: Some(f.on_uncertain),
+                    confirm_window_ms: None,
+                    quiet_hours: Some(f.quiet_hours.clone()),
+                },
+                &f.traffic,
+            )?,
+            max_sms_segments: f.max_sms_segments,
+            rcs_unreachable_ttl: Duration::from_secs(f.rcs_unreachable_ttl_secs),
         };
+        // 1600 characters (Twilio's limit) of emoji take 49 segments.
+        if !(1..=49).contains(&f.max_sms_segments) {
+            return Err(invalid(
+                "fallback",
+                "max_sms_segments",
+                "must be between 1 and 49",
+            ));
+        }
         if f.max_deadline_secs == 0 {
             return Err(invalid("fallback", "max_deadline_secs", "must be positive"));
         }

@@ -1,5 +1,5 @@
 //! Calls to Google: the OAuth token for the service account, and the RBM
-//! revoke. Only workers call these; webhook handlers never do.
+//! send and revoke. Only workers call these; webhook handlers never do.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -208,6 +208,53 @@ impl RbmClient {
         result
     }
 
+    /// `POST /v1/phones/{phone}/agentMessages?messageId={id}&agentId={agent}`
+    /// with `body` (contentMessage, messageTrafficType, expireTime). Google
+    /// ignores a messageId it has seen, so a retry never sends twice.
+    pub async fn send(
+        &self,
+        agent_id: &str,
+        phone: &str,
+        message_id: &str,
+        body: &serde_json::Value,
+    ) -> Result<SendAnswer, CallError> {
+        let started = Instant::now();
+        let result = self.send_once(agent_id, phone, message_id, body).await;
+        self.metrics.outbound("google", "send", started, &result);
+        result
+    }
+
+    async fn send_once(
+        &self,
+        agent_id: &str,
+        phone: &str,
+        message_id: &str,
+        body: &serde_json::Value,
+    ) -> Result<SendAnswer, CallError> {
+        let endpoint = self.endpoint(agent_id);
+        let mut url = endpoint.url(["v1", "phones", phone, "agentMessages"])?;
+        url.query_pairs_mut()
+            .append_pair("messageId", message_id)
+            .append_pair("agentId", agent_id);
+        let token = endpoint.token().await?;
+        let response = self
+            .http
+            .post(url)
+            .bearer_auth(&*token)
+            .json(body)
+            .send()
+            .await
+            .map_err(CallError::from_reqwest)?;
+        match response.status() {
+            StatusCode::OK => Ok(SendAnswer::Sent),
+            s @ (StatusCode::NOT_FOUND | StatusCode::FORBIDDEN) => Ok(SendAnswer::Unreachable {
+                status: s.as_u16(),
+                detail: body_excerpt(response).await,
+            }),
+            _ => Err(endpoint.failure(response).await),
+        }
+    }
+
     async fn delete(
         &self,
         agent_id: &str,
@@ -215,27 +262,9 @@ impl RbmClient {
         message_id: &str,
     ) -> Result<Revoked, CallError> {
         let endpoint = self.endpoint(agent_id);
-        let token = endpoint
-            .tokens
-            .token()
-            .await
-            .map_err(|e| CallError::Retryable {
-                retry_after: None,
-                detail: e.to_string(),
-            })?;
-        let mut url = reqwest::Url::parse(&endpoint.base_url).map_err(|e| CallError::Rejected {
-            status: 0,
-            code: None,
-            detail: format!("bad base URL: {e}"),
-        })?;
-        url.path_segments_mut()
-            .map_err(|_| CallError::Rejected {
-                status: 0,
-                code: None,
-                detail: "bad base URL".into(),
-            })?
-            .extend(["v1", "phones", phone, "agentMessages", message_id]);
+        let mut url = endpoint.url(["v1", "phones", phone, "agentMessages", message_id])?;
         url.query_pairs_mut().append_pair("agentId", agent_id);
+        let token = endpoint.token().await?;
         let response = self
             .http
             .delete(url)
@@ -243,37 +272,80 @@ impl RbmClient {
             .send()
             .await
             .map_err(CallError::from_reqwest)?;
-        let status = response.status();
-        match status {
+        match response.status() {
             StatusCode::OK => Ok(Revoked::Ok),
             StatusCode::NOT_FOUND => Ok(Revoked::NotFound),
+            _ => Err(endpoint.failure(response).await),
+        }
+    }
+}
+
+/// What a send of an agent message came to.
+#[derive(Debug, PartialEq, Eq)]
+pub enum SendAnswer {
+    /// 200: Google holds it (or already did: a repeated messageId).
+    Sent,
+    /// 404 (not RCS-capable, or the carrier has not launched RBM) or 403
+    /// (the agent is not launched for this user).
+    Unreachable { status: u16, detail: String },
+}
+
+impl AgentEndpoint {
+    fn url<'a>(
+        &self,
+        segments: impl IntoIterator<Item = &'a str>,
+    ) -> Result<reqwest::Url, CallError> {
+        let bad = |detail: String| CallError::Rejected {
+            status: 0,
+            code: None,
+            detail,
+        };
+        let mut url =
+            reqwest::Url::parse(&self.base_url).map_err(|e| bad(format!("bad base URL: {e}")))?;
+        url.path_segments_mut()
+            .map_err(|_| bad("bad base URL".into()))?
+            .extend(segments);
+        Ok(url)
+    }
+
+    async fn token(&self) -> Result<Arc<str>, CallError> {
+        self.tokens.token().await.map_err(|e| CallError::Retryable {
+            retry_after: None,
+            detail: e.to_string(),
+        })
+    }
+
+    /// An answer that is neither success nor a meaningful 404: retry what a
+    /// retry may cure, refuse the rest with Google's message.
+    async fn failure(&self, response: reqwest::Response) -> CallError {
+        match response.status() {
             StatusCode::UNAUTHORIZED => {
                 // An expired or revoked token: fetch a new one for the retry.
-                endpoint.tokens.invalidate().await;
-                Err(CallError::Retryable {
+                self.tokens.invalidate().await;
+                CallError::Retryable {
                     retry_after: None,
                     detail: format!("401 from Google: {}", body_excerpt(response).await),
-                })
+                }
             }
             s if s == StatusCode::TOO_MANY_REQUESTS
                 || s == StatusCode::REQUEST_TIMEOUT
                 || s.is_server_error() =>
             {
                 let retry_after = retry_after(response.headers());
-                Err(CallError::Retryable {
+                CallError::Retryable {
                     retry_after,
                     detail: format!(
                         "{} from Google: {}",
                         s.as_u16(),
                         body_excerpt(response).await
                     ),
-                })
+                }
             }
-            s => Err(CallError::Rejected {
+            s => CallError::Rejected {
                 status: s.as_u16(),
                 code: None,
                 detail: body_excerpt(response).await,
-            }),
+            },
         }
     }
 }

@@ -77,6 +77,7 @@ pub struct Metrics(Arc<Inner>);
 struct Inner {
     registry: Registry,
     revocations: Family<ResultLabels, Counter>,
+    rcs_sends: Family<ResultLabels, Counter>,
     sms: Family<ResultLabels, Counter>,
     lateness: Histogram,
     webhook_ack: Histograms<WebhookLabels>,
@@ -108,6 +109,12 @@ impl Metrics {
             "revocations",
             "Revoke calls by result: 200, 404 or error",
             revocations.clone(),
+        );
+        let rcs_sends = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "rcs_sends",
+            "RBM sends in send mode by result: 200, 400, 403, 404, retry, expired",
+            rcs_sends.clone(),
         );
         let sms = Family::<ResultLabels, Counter>::default();
         registry.register(
@@ -191,6 +198,7 @@ impl Metrics {
         Metrics(Arc::new(Inner {
             registry,
             revocations,
+            rcs_sends,
             sms,
             lateness,
             webhook_ack,
@@ -225,6 +233,15 @@ impl Metrics {
     }
 
     /// An SMS send's answer.
+    /// One send-mode RBM send, by the status answered (`retry` for a failure
+    /// that will be retried, `expired` when the deadline came first).
+    pub fn rcs_send(&self, result: &'static str) {
+        self.0
+            .rcs_sends
+            .get_or_create(&ResultLabels { result })
+            .inc();
+    }
+
     pub fn sms(&self, result: &Result<SmsRecord, CallError>) {
         self.sms_result(match result {
             Ok(_) => "accepted",

@@ -22,12 +22,18 @@ use crate::config::{RetentionSettings, WorkerSettings};
 use crate::domain::backoff::Backoff;
 use crate::domain::phone::mask;
 use crate::domain::ratelimit::TokenBucket;
-use crate::domain::{Action, Input, Policy, RevokeResult, SmsResult, SmsStatus, Verdict};
-use crate::google::{RbmClient, Revoked};
+use crate::domain::{
+    Action, Input, Policy, RcsSendResult, RevokeResult, SmsResult, SmsStatus, Verdict,
+};
+use crate::google::{RbmClient, Revoked, SendAnswer};
 use crate::outbound::CallError;
 use crate::store::batch::Batcher;
 use crate::store::{Applied, Claimed, Store, WorkResult, DUE_CHANNEL};
 use crate::twilio::TwilioClient;
+
+/// Less time than this before the deadline, and sending the RCS is
+/// pointless: it would expire before the phone could fetch it.
+const MIN_RCS_TTL: Duration = Duration::from_secs(1);
 
 pub struct Worker {
     pub store: Store,
@@ -223,6 +229,7 @@ impl Worker {
     async fn handle(&self, claim: Claimed, recorder: &Recorder) {
         let attempt = claim.message.attempts.max(1) as u32;
         let (input, detail) = match claim.action {
+            Action::SendRcs => self.send_rcs(&claim, attempt).await,
             Action::Revoke { after_doubt } => self.revoke(&claim, attempt, after_doubt).await,
             Action::SendSms {
                 reconcile,
@@ -280,6 +287,68 @@ impl Worker {
     fn retry_delay(&self, attempt: u32, retry_after: Option<Duration>) -> Duration {
         self.backoff()
             .delay(attempt, retry_after, rand::thread_rng().gen::<f64>())
+    }
+
+    /// Send mode: sends the RBM message with Google's TTL at the deadline,
+    /// so that Google's own expiry events back up our revoke.
+    async fn send_rcs(&self, claim: &Claimed, attempt: u32) -> (Input, serde_json::Value) {
+        let m = &claim.message;
+        let left = (m.deadline - chrono::Utc::now())
+            .to_std()
+            .unwrap_or_default();
+        if left < MIN_RCS_TTL {
+            self.metrics.rcs_send("expired");
+            return (
+                Input::RcsSend(RcsSendResult::Expired),
+                serde_json::json!({ "time_left_ms": left.as_millis() as u64 }),
+            );
+        }
+        let mut body = m.rcs.clone().unwrap_or_default();
+        body["expireTime"] = m
+            .deadline
+            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+            .into();
+        let key = format!("rbm:{}", m.agent_id);
+        let rate = self.limits.rates_of(&m.agent_id).0;
+        if let Err(free_in) = self.throttle(key, rate).await {
+            return Retry::rate_limited(free_in).rcs_send();
+        }
+        let answer = self
+            .rbm
+            .send(&m.agent_id, &m.phone, &m.message_id, &body)
+            .await;
+        let (input, detail, result) = match answer {
+            Ok(SendAnswer::Sent) => (
+                Input::RcsSend(RcsSendResult::Sent),
+                serde_json::json!({ "status": 200, "expire_time": body["expireTime"] }),
+                "200",
+            ),
+            Ok(SendAnswer::Unreachable { status, detail }) => (
+                Input::RcsSend(RcsSendResult::Unreachable {
+                    status,
+                    detail: detail.clone(),
+                }),
+                serde_json::json!({ "status": status, "error": detail }),
+                if status == 404 { "404" } else { "403" },
+            ),
+            Err(e) => match self.failure(e, attempt) {
+                Failure::Retry(r) => {
+                    let (input, detail) = r.rcs_send();
+                    (input, detail, "retry")
+                }
+                Failure::Rejected { status, detail, .. } => (
+                    Input::RcsSend(RcsSendResult::Rejected {
+                        status,
+                        detail: detail.clone(),
+                    }),
+                    serde_json::json!({ "status": status, "error": detail }),
+                    if status == 400 { "400" } else { "rejected" },
+                ),
+            },
+        };
+        self.metrics.rcs_send(result);
+        info!(phone = %mask(&m.phone), attempt, answer = result, "RBM send answered");
+        (input, detail)
     }
 
     async fn revoke(
@@ -485,6 +554,23 @@ impl Retry {
         )
     }
 
+    fn rcs_send(self) -> (Input, serde_json::Value) {
+        let history = self.history();
+        let Retry {
+            delay,
+            ambiguous,
+            detail,
+        } = self;
+        (
+            Input::RcsSend(RcsSendResult::Retry {
+                delay,
+                ambiguous,
+                detail,
+            }),
+            history,
+        )
+    }
+
     fn sms(self) -> (Input, serde_json::Value) {
         let history = self.history();
         let Retry {
@@ -598,6 +684,7 @@ pub async fn prune(store: Store, retention: RetentionSettings, shutdown: Cancell
                 Ok(p) => {
                     total.messages += p.messages;
                     total.rbm_events += p.rbm_events;
+                    total.unreachable += p.unreachable;
                     let batch = retention.sweep_batch as u64;
                     if (p.messages < batch && p.rbm_events < batch) || shutdown.is_cancelled() {
                         break;
@@ -613,6 +700,7 @@ pub async fn prune(store: Store, retention: RetentionSettings, shutdown: Cancell
             info!(
                 messages = total.messages,
                 rbm_events = total.rbm_events,
+                unreachable = total.unreachable,
                 "pruned finished work past its retention"
             );
         }

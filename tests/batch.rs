@@ -57,7 +57,7 @@ async fn items_are_answered_one_by_one_and_the_accepted_ones_stored() {
     assert_eq!(r[0]["message"]["state"], "pending");
     assert_eq!(r[2]["error"]["code"], "message_id_conflict");
     assert_eq!(r[3]["error"]["field"], "phone");
-    assert_eq!(r[4]["error"]["field"], "message_id");
+    assert_eq!(r[4]["error"]["field"], "sms");
     assert_eq!(
         (
             body["created"].as_u64(),

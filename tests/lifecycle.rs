@@ -113,17 +113,25 @@ async fn undeliverable_sms_ends_sms_failed_with_outcome_none() {
 }
 
 #[tokio::test]
-async fn revoke_answered_404_means_delivered_and_no_sms() {
+async fn revoke_answered_404_without_proof_means_delivered_under_skip() {
     let h = start().await;
     let phone = "+15550000004";
     let id = h.send_and_register(phone, 300).await;
     // Delivered at Google, but the DELIVERED webhook never reaches us.
     h.s.google.deliver(&id, false).await;
+    h.wait_state(&id, "verifying").await;
+    // No proof within the confirm window: the default policy trusts Google.
     let m = h.wait_state(&id, "delivered").await;
     assert_eq!(m["outcome"], "rcs");
+    assert_eq!(m["policy"]["on_uncertain"], "skip");
     assert_eq!(
         kinds(&m),
-        ["registered", "revoke_attempt", "revoke_not_found"]
+        [
+            "registered",
+            "revoke_attempt",
+            "revoke_not_found",
+            "unconfirmed"
+        ]
     );
     assert_eq!(h.s.google.revokes()[0].status, 404);
     assert_eq!(h.sms_to(phone).await, 0);

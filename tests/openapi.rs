@@ -98,7 +98,9 @@ fn the_schema_check_catches_answers_that_differ() {
     let good = json!({
         "message_id": "m-1", "agent_id": "a", "phone": "+15550100001",
         "state": "pending", "outcome": "none", "deadline": "2030-01-01T00:00:00Z",
-        "sms": { "body": "b", "from": null, "sid": null, "status": null },
+        "mode": "track", "traffic_type": null,
+        "policy": { "on_uncertain": "skip", "confirm_window_ms": 5000, "quiet_hours": null },
+        "sms": { "body": "b", "encoding": "GSM-7", "segments": 1, "from": null, "sid": null, "status": null },
         "metadata": null, "next_action_at": "2030-01-01T00:00:00Z",
         "created_at": "2030-01-01T00:00:00Z", "updated_at": "2030-01-01T00:00:00Z",
     });

@@ -4,6 +4,10 @@
 //! (webhook handlers, the API, workers) goes through [`apply`], inside the one
 //! database transaction that also appends the event to the history.
 //!
+//! In send mode the message starts in `rcs_sending`: rbm-fallback sends the
+//! RBM message itself, with Google's TTL set to the deadline, then waits in
+//! `pending` as a tracked message does.
+//!
 //! Two rules carry the product's promise:
 //! - an SMS is never sent once an RCS delivery is known, and never sent twice:
 //!   a send whose fate is unknown is reconciled with Twilio before any retry;
@@ -33,6 +37,18 @@ pub struct Facts {
     pub in_doubt: bool,
     pub sms_sid: Option<String>,
     pub sms_status: Option<SmsStatus>,
+    /// Whether an SMS may go out now, by the recipient's quiet hours.
+    pub sms_window: SmsWindow,
+}
+
+/// Whether the recipient's quiet hours let an SMS go out now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SmsWindow {
+    Open,
+    /// Quiet for this much longer; the SMS waits.
+    WaitFor(Duration),
+    /// Quiet, and the message's policy drops SMS that would land then.
+    Closed,
 }
 
 impl Facts {
@@ -45,6 +61,7 @@ impl Facts {
             in_doubt: false,
             sms_sid: None,
             sms_status: None,
+            sms_window: SmsWindow::Open,
         }
     }
 }
@@ -62,12 +79,35 @@ pub enum Input {
     Cancel,
     /// A worker claimed the message's due step.
     Claim,
+    /// A worker's send of the RBM message came back (or failed).
+    RcsSend(RcsSendResult),
     /// A worker's DELETE came back (or failed).
     Revoke(RevokeResult),
     /// A worker's SMS send came back (or failed).
     Sms(SmsResult),
     /// Twilio's status callback.
     SmsStatus { sid: String, status: SmsStatus },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RcsSendResult {
+    /// 200: Google holds the message, with its TTL at the deadline.
+    Sent,
+    /// 404 (the phone is not RCS-capable, or its carrier has not launched
+    /// RBM) or 403 (the agent is not launched for this user): the RCS can
+    /// never arrive, so the SMS goes at once.
+    Unreachable { status: u16, detail: String },
+    /// Google refused the content (400): nothing can be sent.
+    Rejected { status: u16, detail: String },
+    /// The deadline came before any send got through; the worker did not
+    /// call Google.
+    Expired,
+    /// Worth trying again, with the same messageId (Google ignores repeats).
+    Retry {
+        delay: Duration,
+        ambiguous: bool,
+        detail: String,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -109,6 +149,9 @@ pub enum SmsResult {
 /// What a worker must do after claiming a message.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Action {
+    /// Send the RBM message at Google, TTL at the deadline. Repeats carry the
+    /// same messageId, which Google ignores.
+    SendRcs,
     /// DELETE the agent message at Google. `after_doubt`: an earlier DELETE
     /// may have worked, so a 404 no longer proves delivery.
     Revoke { after_doubt: bool },
@@ -125,6 +168,8 @@ pub enum Due {
     Never,
     /// Now plus this long, by the database clock.
     In(Duration),
+    /// At the message's deadline.
+    AtDeadline,
     /// Leave as it is.
     Keep,
 }
@@ -170,12 +215,45 @@ pub enum Verdict {
     Refuse { reason: &'static str },
 }
 
+/// The message's own policy (resolved at intake from the message, its
+/// agent and its traffic type) and the deployment's lease.
 #[derive(Clone, Copy, Debug)]
 pub struct Policy {
-    /// How long to wait after a revoke for a racing DELIVERED before the SMS.
+    /// How long to wait after a revoke for a racing DELIVERED before the SMS,
+    /// and after a failed revoke for the DELIVERED that would prove it.
     pub confirm_window: Duration,
     /// How long a worker's claim lasts before another worker may take over.
     pub lease: Duration,
+    pub on_uncertain: OnUncertain,
+}
+
+/// What to do when Google says the revoke failed (404, or
+/// TTL_EXPIRATION_REVOKE_FAILED) yet no DELIVERED or READ comes within the
+/// confirm window.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum OnUncertain {
+    /// Trust Google: the RCS arrived; no SMS. No duplicate, maybe a miss.
+    Skip,
+    /// Send the SMS. No miss, maybe a duplicate (Google's advice for
+    /// one-time codes).
+    SendSms,
+}
+
+impl OnUncertain {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OnUncertain::Skip => "skip",
+            OnUncertain::SendSms => "send_sms",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<OnUncertain> {
+        match s {
+            "skip" => Some(OnUncertain::Skip),
+            "send_sms" => Some(OnUncertain::SendSms),
+            _ => None,
+        }
+    }
 }
 
 impl Input {
@@ -222,10 +300,21 @@ pub fn apply(facts: &Facts, input: &Input, policy: &Policy) -> Verdict {
             let event = if *read { "rcs_read" } else { "rcs_delivered" };
             rcs_arrived(f, event, &base, &goto)
         }
-        Input::TtlRevokeFailed => rcs_arrived(f, "ttl_revoke_failed", &base, &goto),
+        Input::TtlRevokeFailed => match (policy.on_uncertain, f.state) {
+            (OnUncertain::Skip, _) => rcs_arrived(f, "ttl_revoke_failed", &base, &goto),
+            // Only a DELIVERED or READ proves the arrival under this policy.
+            (OnUncertain::SendSms, RcsSending | Pending | Revoking) => Verdict::Apply(Step {
+                note: Some("Google could not revoke it at TTL expiry: waiting for a DELIVERED to prove it arrived"),
+                ..goto("ttl_revoke_failed", Verifying, Due::In(policy.confirm_window))
+            }),
+            (OnUncertain::SendSms, _) => Verdict::Record {
+                event: "ttl_revoke_failed",
+                note: "not proof of delivery under on_uncertain send_sms",
+            },
+        },
 
         Input::TtlRevoked => match f.state {
-            Pending | Revoking => Verdict::Apply(goto(
+            RcsSending | Pending | Revoking | Verifying => Verdict::Apply(goto(
                 "ttl_revoked",
                 Confirming,
                 Due::In(policy.confirm_window),
@@ -249,6 +338,13 @@ pub fn apply(facts: &Facts, input: &Input, policy: &Policy) -> Verdict {
 
         Input::Cancel => match f.state {
             Pending => Verdict::Apply(goto("cancelled", Cancelled, Due::Never)),
+            // Between two send attempts nothing is under way.
+            RcsSending if !f.in_flight => {
+                Verdict::Apply(goto("cancelled", Cancelled, Due::Never))
+            }
+            RcsSending => Verdict::Refuse {
+                reason: "the RCS send is under way",
+            },
             Cancelled => Verdict::Refuse {
                 reason: "already cancelled",
             },
@@ -259,6 +355,41 @@ pub fn apply(facts: &Facts, input: &Input, policy: &Policy) -> Verdict {
                 reason: "revocation has already begun",
             },
         },
+
+        Input::RcsSend(result) => {
+            if f.state != RcsSending || !f.in_flight {
+                return Verdict::Record {
+                    event: rcs_send_event(result),
+                    note: "late answer: the message had moved on",
+                };
+            }
+            Verdict::Apply(match result {
+                RcsSendResult::Sent => goto("rcs_sent", Pending, Due::AtDeadline),
+                RcsSendResult::Unreachable { .. } => Step {
+                    note: Some("not reachable over RCS: the SMS goes at once"),
+                    ..goto("rcs_unreachable", SmsSending, Due::In(Duration::ZERO))
+                },
+                RcsSendResult::Rejected { .. } => goto("rcs_rejected", Failed, Due::Never),
+                // An earlier send may have reached Google: take it back first.
+                RcsSendResult::Expired if f.in_doubt => Step {
+                    in_doubt: true,
+                    note: Some("the deadline came while an earlier send may have reached Google"),
+                    ..goto("rcs_send_expired", Revoking, Due::In(Duration::ZERO))
+                },
+                RcsSendResult::Expired => Step {
+                    note: Some("the deadline came before the RCS could be sent"),
+                    ..goto("rcs_send_expired", SmsSending, Due::In(Duration::ZERO))
+                },
+                RcsSendResult::Retry {
+                    delay, ambiguous, ..
+                } => Step {
+                    in_doubt: f.in_doubt || *ambiguous,
+                    due: Due::In(*delay),
+                    lease: Lease::Release,
+                    ..base("rcs_send_retry")
+                },
+            })
+        }
 
         Input::Claim => claim(f, policy, &base, &goto),
 
@@ -279,11 +410,13 @@ pub fn apply(facts: &Facts, input: &Input, policy: &Policy) -> Verdict {
                     note: Some("404 after an unanswered DELETE: our own revoke may have removed it, so confirm instead of assuming delivery"),
                     ..goto("revoke_not_found", Confirming, Due::In(policy.confirm_window))
                 },
-                RevokeResult::NotFound => Step {
-                    rcs_delivered: true,
-                    rcs_inferred: true,
-                    ..goto("revoke_not_found", Delivered, Due::Never)
-                },
+                // Delivered, or already removed by Google's TTL: a DELIVERED
+                // or a TTL event will say which, else the policy decides.
+                RevokeResult::NotFound => goto(
+                    "revoke_not_found",
+                    Verifying,
+                    Due::In(policy.confirm_window),
+                ),
                 RevokeResult::Retry {
                     delay, ambiguous, ..
                 } => Step {
@@ -355,7 +488,7 @@ fn rcs_arrived(
         ..step
     };
     match f.state {
-        Pending | Revoking | Confirming => {
+        RcsSending | Pending | Revoking | Confirming | Verifying => {
             Verdict::Apply(delivered(goto(event, Delivered, Due::Never)))
         }
         // Nothing has gone to Twilio, or nothing could have arrived there:
@@ -398,7 +531,23 @@ fn claim(
             ..step
         })
     };
+    let first_sms = |step: Step| {
+        take(
+            step,
+            Action::SendSms {
+                reconcile: false,
+                may_send: true,
+            },
+        )
+    };
     match f.state {
+        RcsSending => take(
+            Step {
+                in_doubt: doubt,
+                ..base("rcs_send_attempt")
+            },
+            Action::SendRcs,
+        ),
         Pending => take(
             goto("revoke_attempt", Revoking, Due::Keep),
             Action::Revoke { after_doubt: false },
@@ -410,18 +559,31 @@ fn claim(
             },
             Action::Revoke { after_doubt: doubt },
         ),
-        Confirming => take(
-            goto("sms_attempt", SmsSending, Due::Keep),
-            Action::SendSms {
-                reconcile: false,
-                may_send: true,
-            },
-        ),
+        Confirming => unless_quiet(f, first_sms(goto("sms_attempt", SmsSending, Due::Keep)), base, goto),
+        Verifying => match policy.on_uncertain {
+            OnUncertain::Skip => Verdict::Apply(Step {
+                rcs_delivered: true,
+                rcs_inferred: true,
+                note: Some("no DELIVERED within the confirm window; on_uncertain skip takes Google's word that it arrived"),
+                ..goto("unconfirmed", Delivered, Due::Never)
+            }),
+            OnUncertain::SendSms => unless_quiet(
+                f,
+                first_sms(Step {
+                    note: Some("no DELIVERED within the confirm window; on_uncertain send_sms sends the SMS"),
+                    ..goto("sms_attempt", SmsSending, Due::Keep)
+                }),
+                base,
+                goto,
+            ),
+        },
         SmsSending if f.rcs_delivered && !doubt => Verdict::Apply(Step {
             rcs_delivered: true,
             note: Some("the RCS arrived; no SMS will be sent"),
             ..goto("sms_not_sent", Delivered, Due::Never)
         }),
+        // Nothing can have reached Twilio yet.
+        SmsSending if !doubt => unless_quiet(f, first_sms(base("sms_attempt")), base, goto),
         SmsSending => take(
             Step {
                 in_doubt: doubt,
@@ -489,6 +651,39 @@ fn sms_status(
             event: "sms_status",
             note: "no SMS is expected for this message",
         },
+    }
+}
+
+/// The first SMS attempt, unless the recipient's quiet hours hold it back
+/// (or, by the message's policy, drop it).
+fn unless_quiet(
+    f: &Facts,
+    send: Verdict,
+    base: &dyn Fn(&'static str) -> Step,
+    goto: &dyn Fn(&'static str, State, Due) -> Step,
+) -> Verdict {
+    match f.sms_window {
+        SmsWindow::Open => send,
+        SmsWindow::WaitFor(wait) => Verdict::Apply(Step {
+            due: Due::In(wait),
+            lease: Lease::Release,
+            note: Some("quiet hours at the recipient: the SMS waits until they end"),
+            ..base("sms_deferred")
+        }),
+        SmsWindow::Closed => Verdict::Apply(Step {
+            note: Some("quiet hours at the recipient: the message's policy drops the SMS"),
+            ..goto("sms_dropped", State::SmsSkipped, Due::Never)
+        }),
+    }
+}
+
+fn rcs_send_event(r: &RcsSendResult) -> &'static str {
+    match r {
+        RcsSendResult::Sent => "rcs_sent",
+        RcsSendResult::Unreachable { .. } => "rcs_unreachable",
+        RcsSendResult::Rejected { .. } => "rcs_rejected",
+        RcsSendResult::Expired => "rcs_send_expired",
+        RcsSendResult::Retry { .. } => "rcs_send_retry",
     }
 }
 

@@ -7,6 +7,13 @@ use proptest::prelude::*;
 const POLICY: Policy = Policy {
     confirm_window: Duration::from_secs(5),
     lease: Duration::from_secs(30),
+    on_uncertain: OnUncertain::Skip,
+};
+
+/// The one-time-code policy: no miss, at the risk of a duplicate.
+const SEND_SMS: Policy = Policy {
+    on_uncertain: OnUncertain::SendSms,
+    ..POLICY
 };
 
 fn facts(state: State) -> Facts {
@@ -44,6 +51,14 @@ fn next(f: &Facts, s: &Step) -> Facts {
         in_doubt: s.in_doubt,
         sms_sid: s.sms_sid.clone(),
         sms_status: s.sms_status,
+        sms_window: f.sms_window,
+    }
+}
+
+fn step_with(f: &Facts, input: Input, policy: &Policy) -> Step {
+    match apply(f, &input, policy) {
+        Verdict::Apply(s) => s,
+        other => panic!("{input:?} on {f:?} gave {other:?}"),
     }
 }
 
@@ -113,7 +128,12 @@ fn pending_can_be_cancelled_once() {
 
 #[test]
 fn cancel_is_refused_once_revocation_began_or_finished() {
-    for state in State::ALL.iter().copied().filter(|s| *s != State::Pending) {
+    let cancellable = [State::Pending, State::RcsSending];
+    for state in State::ALL
+        .iter()
+        .copied()
+        .filter(|s| !cancellable.contains(s))
+    {
         assert!(
             matches!(
                 apply(&facts(state), &Input::Cancel, &POLICY),
@@ -138,24 +158,90 @@ fn revoke_200_waits_the_confirm_window() {
 }
 
 #[test]
-fn revoke_404_means_delivered_without_sms() {
+fn revoke_404_waits_for_proof_then_the_policy_decides() {
     let s = step(
         &claimed(State::Revoking),
         Input::Revoke(RevokeResult::NotFound),
     );
+    assert_eq!(s.state, State::Verifying);
+    assert!(!s.rcs_delivered);
+    assert_eq!(s.due, Due::In(POLICY.confirm_window));
+    assert_eq!(s.lease, Lease::Release);
+    let verifying = next(&claimed(State::Revoking), &s);
+
+    // skip: Google's word stands; the delivery is inferred, no SMS.
+    let s = step(&verifying, Input::Claim);
     assert_eq!(s.state, State::Delivered);
-    assert!(s.rcs_delivered);
+    assert!(s.rcs_delivered && s.rcs_inferred);
     assert_eq!(s.action, None);
+    assert_eq!(s.event, "unconfirmed");
+
+    // send_sms: the SMS goes.
+    let s = step_with(&verifying, Input::Claim, &SEND_SMS);
+    assert_eq!(s.state, State::SmsSending);
+    assert_eq!(
+        s.action,
+        Some(Action::SendSms {
+            reconcile: false,
+            may_send: true
+        })
+    );
+    assert!(!s.rcs_delivered);
+}
+
+#[test]
+fn proof_within_the_window_settles_a_404_either_way() {
+    let verifying = facts(State::Verifying);
+    for policy in [POLICY, SEND_SMS] {
+        let s = step_with(&verifying, Input::Delivered { read: false }, &policy);
+        assert_eq!(s.state, State::Delivered);
+        assert!(s.rcs_delivered && !s.rcs_inferred);
+        // Google's TTL had removed it: the 404 did not mean delivered.
+        let s = step_with(&verifying, Input::TtlRevoked, &policy);
+        assert_eq!(s.state, State::Confirming);
+    }
+    // TTL_EXPIRATION_REVOKE_FAILED is proof enough only for skip.
+    assert_eq!(
+        step(&verifying, Input::TtlRevokeFailed).state,
+        State::Delivered
+    );
+    assert!(matches!(
+        apply(&verifying, &Input::TtlRevokeFailed, &SEND_SMS),
+        Verdict::Record { .. }
+    ));
+}
+
+#[test]
+fn ttl_revoke_failed_under_send_sms_waits_for_a_delivered() {
+    for state in [State::RcsSending, State::Pending, State::Revoking] {
+        let s = step_with(&facts(state), Input::TtlRevokeFailed, &SEND_SMS);
+        assert_eq!(s.state, State::Verifying, "{state}");
+        assert!(!s.rcs_delivered);
+        assert_eq!(s.due, Due::In(SEND_SMS.confirm_window));
+    }
+    // While the SMS is being sent it stops nothing.
+    assert!(matches!(
+        apply(
+            &facts(State::SmsSending),
+            &Input::TtlRevokeFailed,
+            &SEND_SMS
+        ),
+        Verdict::Record { .. }
+    ));
 }
 
 #[test]
 fn a_ttl_revocation_after_a_404_overrides_the_inferred_delivery() {
-    let s = step(
+    let verifying = next(
         &claimed(State::Revoking),
-        Input::Revoke(RevokeResult::NotFound),
+        &step(
+            &claimed(State::Revoking),
+            Input::Revoke(RevokeResult::NotFound),
+        ),
     );
+    let s = step(&verifying, Input::Claim);
     assert!(s.rcs_inferred);
-    let f = next(&claimed(State::Revoking), &s);
+    let f = next(&verifying, &s);
     let s = step(&f, Input::TtlRevoked);
     assert_eq!(s.state, State::Confirming);
     assert!(!s.rcs_delivered && !s.rcs_inferred);
@@ -521,6 +607,8 @@ enum Event {
     /// it died after Twilio had created the SMS.
     Crash(bool),
     Callback(u8),
+    /// The recipient's quiet hours begin or end: open, wait, or drop.
+    Quiet(u8),
 }
 
 fn event() -> impl Strategy<Value = Event> {
@@ -534,6 +622,7 @@ fn event() -> impl Strategy<Value = Event> {
         4 => any::<u8>().prop_map(Event::Finish),
         1 => any::<bool>().prop_map(Event::Crash),
         1 => any::<u8>().prop_map(Event::Callback),
+        1 => any::<u8>().prop_map(Event::Quiet),
     ]
 }
 
@@ -549,6 +638,23 @@ struct World {
 
 fn finish(world: &mut World, action: Action, pick: u8, t: usize) -> Input {
     match action {
+        Action::SendRcs => Input::RcsSend(match pick % 6 {
+            0 | 1 => RcsSendResult::Sent,
+            2 => RcsSendResult::Unreachable {
+                status: 404,
+                detail: String::new(),
+            },
+            3 => RcsSendResult::Retry {
+                delay: Duration::from_secs(1),
+                ambiguous: pick & 0x80 != 0,
+                detail: String::new(),
+            },
+            4 => RcsSendResult::Expired,
+            _ => RcsSendResult::Rejected {
+                status: 400,
+                detail: String::new(),
+            },
+        }),
         Action::Revoke { .. } => Input::Revoke(match pick % 5 {
             0 | 1 => RevokeResult::Revoked,
             2 => RevokeResult::NotFound,
@@ -605,8 +711,27 @@ fn finish(world: &mut World, action: Action, pick: u8, t: usize) -> Input {
     }
 }
 
-fn run(events: &[Event]) -> (Facts, World) {
-    let mut f = Facts::new_pending();
+/// Where a history starts: a tracked message, or one rbm-fallback sends.
+fn start(send_mode: bool) -> Facts {
+    Facts {
+        state: if send_mode {
+            State::RcsSending
+        } else {
+            State::Pending
+        },
+        ..Facts::new_pending()
+    }
+}
+
+fn policy(send_sms: bool) -> Policy {
+    if send_sms {
+        SEND_SMS
+    } else {
+        POLICY
+    }
+}
+
+fn run(events: &[Event], mut f: Facts, policy: &Policy) -> (Facts, World) {
     let mut w = World::default();
     for (t, e) in events.iter().enumerate() {
         let before = f.clone();
@@ -633,6 +758,14 @@ fn run(events: &[Event]) -> (Facts, World) {
                 }
                 continue;
             }
+            Event::Quiet(pick) => {
+                f.sms_window = match pick % 3 {
+                    0 => SmsWindow::Open,
+                    1 => SmsWindow::WaitFor(Duration::from_secs(60)),
+                    _ => SmsWindow::Closed,
+                };
+                continue;
+            }
             Event::Callback(pick) => match &w.sms_sid {
                 Some(sid) => Input::SmsStatus {
                     sid: sid.clone(),
@@ -645,14 +778,20 @@ fn run(events: &[Event]) -> (Facts, World) {
                 None => continue,
             },
         };
-        if matches!(input, Input::Delivered { .. } | Input::TtlRevokeFailed) {
+        // Under send_sms, only a DELIVERED or READ proves the arrival.
+        let proof = match input {
+            Input::Delivered { .. } => true,
+            Input::TtlRevokeFailed => policy.on_uncertain == OnUncertain::Skip,
+            _ => false,
+        };
+        if proof {
             w.rcs_delivered_at.get_or_insert(t);
         }
         // A claim is only made while no live worker holds one.
         if input == Input::Claim && w.action.is_some() {
             continue;
         }
-        match apply(&f, &input, &POLICY) {
+        match apply(&f, &input, policy) {
             Verdict::Apply(s) => {
                 if let Some(Action::SendSms { may_send: true, .. }) = s.action {
                     assert!(
@@ -686,8 +825,12 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(4000))]
 
     #[test]
-    fn at_most_one_sms_and_none_after_a_known_delivery(events in prop::collection::vec(event(), 0..40)) {
-        let (f, w) = run(&events);
+    fn at_most_one_sms_and_none_after_a_known_delivery(
+        events in prop::collection::vec(event(), 0..40),
+        send_mode in any::<bool>(),
+        send_sms in any::<bool>(),
+    ) {
+        let (f, w) = run(&events, start(send_mode), &policy(send_sms));
         prop_assert!(w.sms_created <= 1, "{} SMS created", w.sms_created);
         if let (Some(rcs), Some(sms)) = (w.rcs_delivered_at, w.sms_sent_at) {
             // An SMS may follow a DELIVERED only if its claim was made before it.
@@ -706,7 +849,10 @@ proptest! {
     #[test]
     fn google_events_in_any_order_and_multiplicity_settle_the_same(
         picks in prop::collection::vec(0u8..4, 1..12),
+        send_mode in any::<bool>(),
+        send_sms in any::<bool>(),
     ) {
+        let policy = policy(send_sms);
         let to_input = |p: u8| match p {
             0 => Input::Delivered { read: false },
             1 => Input::Delivered { read: true },
@@ -714,9 +860,9 @@ proptest! {
             _ => Input::TtlRevokeFailed,
         };
         let settle = |order: &[u8]| {
-            let mut f = Facts::new_pending();
+            let mut f = start(send_mode);
             for p in order {
-                if let Verdict::Apply(s) = apply(&f, &to_input(*p), &POLICY) {
+                if let Verdict::Apply(s) = apply(&f, &to_input(*p), &policy) {
                     f = next(&f, &s);
                 }
             }
@@ -734,20 +880,35 @@ proptest! {
     }
 
     #[test]
-    fn a_cooperative_world_always_settles(events in prop::collection::vec(event(), 0..30)) {
-        let (mut f, mut w) = run(&events);
+    fn a_cooperative_world_always_settles(
+        events in prop::collection::vec(event(), 0..30),
+        send_mode in any::<bool>(),
+        send_sms in any::<bool>(),
+    ) {
+        let policy = policy(send_sms);
+        let (mut f, mut w) = run(&events, start(send_mode), &policy);
+        // Quiet hours end.
+        f.sms_window = SmsWindow::Open;
         // From wherever the history left it, claims and clean answers must
         // bring the message to rest within a few steps.
         for _ in 0..10 {
             if f.state.is_final() || f.state == State::SmsSent {
                 break;
             }
-            if f.state == State::Pending || f.state == State::Confirming || f.state == State::Revoking || f.state == State::SmsSending {
+            if matches!(
+                f.state,
+                State::RcsSending
+                    | State::Pending
+                    | State::Revoking
+                    | State::Confirming
+                    | State::Verifying
+                    | State::SmsSending
+            ) {
                 let input = match w.action.take() {
                     Some(a) if f.in_flight => finish(&mut w, a, 0, 0),
                     _ => Input::Claim,
                 };
-                if let Verdict::Apply(s) = apply(&f, &input, &POLICY) {
+                if let Verdict::Apply(s) = apply(&f, &input, &policy) {
                     if s.lease == Lease::Take { w.action = s.action; }
                     f = next(&f, &s);
                 }

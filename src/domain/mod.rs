@@ -4,13 +4,15 @@
 pub mod backoff;
 pub mod machine;
 pub mod phone;
+pub mod policy;
 pub mod quiet;
 pub mod ratelimit;
 pub mod sms_text;
 pub mod state;
 
 pub use machine::{
-    apply, Action, Due, Facts, Input, Lease, Policy, RevokeResult, SmsResult, Step, Verdict,
+    apply, Action, Due, Facts, Input, Lease, OnUncertain, Policy, RcsSendResult, RevokeResult,
+    SmsResult, SmsWindow, Step, Verdict,
 };
 pub use phone::Phone;
 pub use state::{Outcome, SmsStatus, State};

@@ -46,13 +46,16 @@ macro_rules! string_enum {
 string_enum! {
     /// Where a message is in its life.
     State {
+        RcsSending => "rcs_sending",
         Pending => "pending",
         Revoking => "revoking",
         Confirming => "confirming",
+        Verifying => "verifying",
         SmsSending => "sms_sending",
         SmsSent => "sms_sent",
         SmsDelivered => "sms_delivered",
         SmsFailed => "sms_failed",
+        SmsSkipped => "sms_skipped",
         Delivered => "delivered",
         Cancelled => "cancelled",
         Failed => "failed",
@@ -84,6 +87,7 @@ impl State {
             self,
             State::SmsDelivered
                 | State::SmsFailed
+                | State::SmsSkipped
                 | State::Delivered
                 | State::Cancelled
                 | State::Failed

@@ -6,6 +6,8 @@ use axum::Extension;
 use axum::Json;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
 use base64::Engine;
+use std::time::Duration;
+
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -20,25 +22,48 @@ use super::openapi::{
 };
 use super::AppState;
 use crate::config::bare_agent_id;
-use crate::domain::{Input, Phone, State as MsgState, Verdict};
+use crate::domain::policy::{self, PolicyOverrides, TrafficType};
+use crate::domain::{sms_text, Input, Phone, State as MsgState, Verdict};
 use crate::store::{Caller, Deadline, EventRow, MessageRow, NewMessage, Registered, StoreError};
 
 pub const MAX_SMS_CHARS: usize = 1600;
+/// Google refuses a TTL longer than 15 days.
+const MAX_RBM_TTL: Duration = Duration::from_secs(15 * 24 * 3600);
 const MAX_METADATA_BYTES: usize = 4096;
 const MAX_PAGE: i64 = 500;
 
-/// A message the agent has sent to Google, registered for fallback. Give
-/// exactly one of `deadline` and `revoke_after_secs`, or neither if the
+/// A message for fallback, in one of two modes:
+///
+/// - **track**: the agent has sent the RBM message itself; `message_id` is
+///   the `messageId` it used.
+/// - **send**: with an `rcs` object, rbm-fallback sends the RBM message
+///   itself (Google's TTL set to the deadline) and takes it from there; a
+///   phone Google cannot reach over RCS gets the SMS at once.
+///
+/// Give exactly one of `deadline` and `revoke_after_secs`, or neither if the
 /// agent has a `default_deadline_secs`.
-#[derive(Deserialize, Serialize, ToSchema)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-#[schema(example = json!({
-    "phone": "+14155550123",
-    "message_id": "0f4c5a36-9f0b-4c4e-8d3b-2b7c1a9e6d10",
-    "revoke_after_secs": 300,
-    "sms": { "body": "Your code is 123456" },
-    "metadata": { "order": "A-1001" }
-}))]
+#[schema(examples(
+    json!({
+        "phone": "+14155550123",
+        "message_id": "0f4c5a36-9f0b-4c4e-8d3b-2b7c1a9e6d10",
+        "revoke_after_secs": 300,
+        "sms": { "body": "Your code is 123456" },
+        "traffic_type": "AUTHENTICATION",
+        "metadata": { "order": "A-1001" }
+    }),
+    json!({
+        "phone": "+14155550123",
+        "revoke_after_secs": 120,
+        "rcs": {
+            "contentMessage": { "text": "Your code is 123456" },
+            "messageTrafficType": "AUTHENTICATION"
+        },
+        "sms": { "body": "Your code is 123456" },
+        "policy": { "on_uncertain": "send_sms", "confirm_window_ms": 3000 }
+    })
+))]
 pub struct CreateMessage {
     /// The RBM agent, with or without `@rbm.goog`; it must be a configured
     /// one that the API token may act for. Defaults to the token's only
@@ -48,13 +73,16 @@ pub struct CreateMessage {
     /// The recipient, in E.164.
     #[schema(example = "+14155550123", pattern = r"^\+[1-9][0-9]{7,14}$")]
     pub phone: String,
-    /// The RBM `messageId` the agent used: 1 to 128 characters from
-    /// `A-Z a-z 0-9 - _ . : ~`.
+    /// Track mode (required): the RBM `messageId` the agent used, 1 to 128
+    /// characters from `A-Z a-z 0-9 - _ . : ~`. Send mode: the UUID to send
+    /// the message with; one is made when absent (give one, so that a retried
+    /// request is recognised).
+    #[serde(default)]
     #[schema(
         example = "0f4c5a36-9f0b-4c4e-8d3b-2b7c1a9e6d10",
         pattern = r"^[A-Za-z0-9._:~-]{1,128}$"
     )]
-    pub message_id: String,
+    pub message_id: Option<String>,
     /// When to revoke the RCS if it is not delivered: RFC 3339, in the
     /// future, at most `fallback.max_deadline_secs` ahead.
     #[serde(default)]
@@ -65,6 +93,20 @@ pub struct CreateMessage {
     #[schema(minimum = 1)]
     pub revoke_after_secs: Option<i64>,
     pub sms: SmsRequest,
+    /// Send mode: the RBM message to send, as in the RBM API's AgentMessage.
+    #[serde(default)]
+    #[schema(value_type = Option<RcsRequest>)]
+    pub rcs: Option<serde_json::Value>,
+    /// Track mode: the RBM `messageTrafficType` the agent sent with, which
+    /// picks the policy defaults. (Send mode takes `rcs.messageTrafficType`.)
+    #[serde(default)]
+    #[schema(value_type = Option<TrafficTypeName>)]
+    pub traffic_type: Option<String>,
+    /// This message's own policy; what it leaves out comes from the agent's
+    /// and the deployment's defaults.
+    #[serde(default)]
+    #[schema(value_type = Option<PolicyRequest>)]
+    pub policy: Option<PolicyOverrides>,
     /// Any JSON object of at most 4096 bytes, returned as given.
     #[serde(default)]
     #[schema(value_type = Option<Object>)]
@@ -74,8 +116,72 @@ pub struct CreateMessage {
     pub callback_url: Option<String>,
 }
 
+/// The RBM message rbm-fallback sends in send mode: the fields of the RBM
+/// API's AgentMessage that the agent chooses. rbm-fallback sets
+/// `expireTime` to the deadline itself, so neither `ttl` nor `expireTime`
+/// may be given.
+#[derive(ToSchema)]
+#[allow(dead_code, non_snake_case)]
+pub struct RcsRequest {
+    /// As in the RBM API: exactly one of `text`, `fileName`,
+    /// `uploadedRbmFile`, `richCard`, `contentInfo`, with `suggestions`.
+    #[schema(value_type = Object, example = json!({ "text": "Your code is 123456" }))]
+    contentMessage: serde_json::Value,
+    #[schema(value_type = Option<TrafficTypeName>)]
+    messageTrafficType: Option<String>,
+}
+
+/// RBM's `messageTrafficType`.
+#[derive(ToSchema)]
+#[schema(as = TrafficType)]
+#[allow(dead_code, clippy::upper_case_acronyms)]
+pub enum TrafficTypeName {
+    AUTHENTICATION,
+    TRANSACTION,
+    PROMOTION,
+    SERVICEREQUEST,
+    ACKNOWLEDGEMENT,
+}
+
+/// How this message trades a possible duplicate against a possible miss.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct PolicyRequest {
+    /// When Google says the revoke failed (404, or
+    /// TTL_EXPIRATION_REVOKE_FAILED) yet no DELIVERED or READ arrives within
+    /// the confirm window: `skip` trusts Google (no SMS: no duplicate, maybe
+    /// a miss); `send_sms` sends it (no miss, maybe a duplicate).
+    #[schema(value_type = Option<OnUncertainName>)]
+    on_uncertain: Option<String>,
+    /// How long to wait for a DELIVERED after a revoke, 0 to 3600000.
+    #[schema(minimum = 0, maximum = 3_600_000)]
+    confirm_window_ms: Option<u64>,
+    /// `"off"`, or the hours during which an SMS must not land.
+    #[schema(value_type = Option<Object>, example = json!({ "start": "21:00", "end": "08:00", "time_zone": "auto", "action": "wait" }))]
+    quiet_hours: Option<serde_json::Value>,
+}
+
+#[derive(ToSchema)]
+#[schema(as = OnUncertain)]
+#[allow(dead_code, non_camel_case_types)]
+pub enum OnUncertainName {
+    skip,
+    send_sms,
+}
+
+/// The policy a message lives by, resolved at registration.
+#[derive(Serialize, ToSchema)]
+pub struct PolicyResource {
+    #[schema(value_type = OnUncertainName)]
+    pub on_uncertain: String,
+    pub confirm_window_ms: u64,
+    /// `{"start", "end", "time_zone", "action"}`, or `null` for none.
+    #[schema(value_type = Option<Object>, required = true)]
+    pub quiet_hours: Option<serde_json::Value>,
+}
+
 /// The SMS to send if the RCS is not delivered in time.
-#[derive(Deserialize, Serialize, ToSchema)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SmsRequest {
     /// Not blank, at most 1600 characters.
@@ -99,6 +205,16 @@ pub struct MessageResource {
     #[schema(value_type = MessageOutcome)]
     pub outcome: String,
     pub deadline: DateTime<Utc>,
+    /// `track`: the agent sent the RBM message; `send`: rbm-fallback did.
+    #[schema(example = "send")]
+    pub mode: &'static str,
+    /// Send mode: the RBM message as given.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>, required = false)]
+    pub rcs: Option<serde_json::Value>,
+    #[schema(value_type = Option<TrafficTypeName>, required = true)]
+    pub traffic_type: Option<String>,
+    pub policy: PolicyResource,
     pub sms: SmsResource,
     #[schema(value_type = Option<Object>, required = true)]
     pub metadata: Option<serde_json::Value>,
@@ -119,6 +235,12 @@ pub struct MessageResource {
 #[derive(Serialize, ToSchema)]
 pub struct SmsResource {
     pub body: String,
+    /// `GSM-7` or `UCS-2`: the encoding the text needs.
+    #[schema(example = "GSM-7")]
+    pub encoding: &'static str,
+    /// How many SMS segments the text takes.
+    #[schema(example = 1)]
+    pub segments: u32,
     #[schema(required = true)]
     pub from: Option<String>,
     /// Twilio's message sid.
@@ -147,8 +269,23 @@ pub struct EventResource {
 }
 
 impl MessageResource {
-    fn new(m: MessageRow, events: Option<Vec<EventRow>>) -> MessageResource {
+    fn new(
+        m: MessageRow,
+        events: Option<Vec<EventRow>>,
+        confirm_window: Duration,
+    ) -> MessageResource {
+        let shape = sms_text::shape(&m.sms_body);
         MessageResource {
+            mode: if m.rcs.is_some() { "send" } else { "track" },
+            rcs: m.rcs,
+            traffic_type: m.traffic_type,
+            policy: PolicyResource {
+                on_uncertain: m.on_uncertain,
+                confirm_window_ms: m
+                    .confirm_window_ms
+                    .map_or(confirm_window.as_millis() as u64, |ms| ms.max(0) as u64),
+                quiet_hours: m.quiet_hours,
+            },
             message_id: m.message_id,
             agent_id: m.agent_id,
             phone: m.phone,
@@ -156,6 +293,8 @@ impl MessageResource {
             outcome: m.outcome,
             deadline: m.deadline,
             sms: SmsResource {
+                encoding: shape.encoding.as_str(),
+                segments: shape.segments,
                 body: m.sms_body,
                 from: m.sms_from,
                 sid: m.sms_sid,
@@ -183,7 +322,11 @@ impl MessageResource {
 
 async fn with_history(state: &AppState, m: MessageRow) -> Result<Json<MessageResource>, ApiError> {
     let events = state.store.history(m.id).await?;
-    Ok(Json(MessageResource::new(m, Some(events))))
+    Ok(Json(MessageResource::new(
+        m,
+        Some(events),
+        state.settings.fallback.confirm_window,
+    )))
 }
 
 /// A registration whose deadline has passed is only fine as the retry of
@@ -284,9 +427,69 @@ fn validate(
     }
     let agent_id = agent.id.clone();
     let phone = Phone::parse(&req.phone).map_err(|e| ApiError::invalid("phone", e.to_string()))?;
-    validate_message_id(&req.message_id)?;
+    let send_mode = req.rcs.is_some();
+    let message_id = match (&req.message_id, send_mode) {
+        (Some(id), false) => {
+            validate_message_id(id)?;
+            id.clone()
+        }
+        (None, false) => {
+            return Err(ApiError::invalid(
+                "message_id",
+                "missing field `message_id` (required unless rcs is given: then rbm-fallback sends the message itself)",
+            ))
+        }
+        (Some(id), true) => match uuid::Uuid::parse_str(id) {
+            Ok(_) if id.len() == 36 => id.clone(),
+            _ => {
+                return Err(ApiError::invalid(
+                    "message_id",
+                    "must be a UUID such as 0f4c5a36-9f0b-4c4e-8d3b-2b7c1a9e6d10 in send mode (Google's messageId)",
+                ))
+            }
+        },
+        (None, true) => uuid::Uuid::new_v4().to_string(),
+    };
+    let rcs_traffic = match &req.rcs {
+        Some(rcs) => validate_rcs(rcs)?,
+        None => None,
+    };
+    let traffic = match (&req.traffic_type, rcs_traffic) {
+        (Some(t), from_rcs) => {
+            let t = TrafficType::parse(t).ok_or_else(|| {
+                ApiError::invalid(
+                    "traffic_type",
+                    format!("unknown {t:?}; one of {}", TrafficType::names()),
+                )
+            })?;
+            if from_rcs.is_some_and(|r| r != t) {
+                return Err(ApiError::invalid(
+                    "traffic_type",
+                    "differs from rcs.messageTrafficType; give it once",
+                ));
+            }
+            Some(t)
+        }
+        (None, from_rcs) => from_rcs,
+    };
+    let overrides = req.policy.clone().unwrap_or_default();
+    overrides
+        .check()
+        .map_err(|(field, message)| ApiError::invalid(format!("policy.{field}"), message))?;
+    let policy = policy::resolve(
+        &overrides,
+        &agent.policy,
+        &settings.fallback.policy,
+        traffic,
+        settings.fallback.confirm_window,
+    );
 
-    let max = state.settings.fallback.max_deadline;
+    // Google's TTL caps how far ahead a message it sends may expire.
+    let max = if send_mode {
+        state.settings.fallback.max_deadline.min(MAX_RBM_TTL)
+    } else {
+        state.settings.fallback.max_deadline
+    };
     let deadline = match (&req.deadline, req.revoke_after_secs) {
         (Some(_), Some(_)) => {
             return Err(ApiError::invalid(
@@ -350,6 +553,18 @@ fn validate(
             "must not contain NUL characters",
         ));
     }
+    let shape = sms_text::shape(body);
+    let most = settings.fallback.max_sms_segments;
+    if shape.segments > most {
+        return Err(ApiError::invalid(
+            "sms.body",
+            format!(
+                "needs {} SMS segments ({}, {chars} characters); at most {most} are allowed",
+                shape.segments,
+                shape.encoding.as_str()
+            ),
+        ));
+    }
     if let Some(from) = &req.sms.from {
         let alphanumeric = (1..=11).contains(&from.len())
             && from.bytes().all(|b| b.is_ascii_alphanumeric() || b == b' ')
@@ -395,7 +610,7 @@ fn validate(
     let mut canonical = serde_json::json!({
         "agent_id": agent_id,
         "phone": req.phone,
-        "message_id": req.message_id,
+        "message_id": message_id,
         "deadline": match &deadline {
             Deadline::At(at) => Some(at.to_rfc3339()),
             Deadline::After(_) => None,
@@ -409,10 +624,23 @@ fn validate(
     if let Some(url) = &req.callback_url {
         canonical["callback_url"] = url.as_str().into();
     }
+    if let Some(rcs) = &req.rcs {
+        canonical["rcs"] = rcs.clone();
+    }
+    if let Some(t) = traffic {
+        canonical["traffic_type"] = t.as_str().into();
+    }
+    if req.policy.is_some() {
+        canonical["policy"] = serde_json::json!({
+            "on_uncertain": policy.on_uncertain.as_str(),
+            "confirm_window_ms": policy.confirm_window.as_millis() as u64,
+            "quiet_hours": policy.quiet_hours,
+        });
+    }
     let request_digest = Sha256::digest(canonical.to_string().as_bytes()).to_vec();
 
     Ok(NewMessage {
-        message_id: req.message_id.clone(),
+        message_id,
         agent_id,
         phone: phone.as_str().to_owned(),
         deadline,
@@ -421,7 +649,69 @@ fn validate(
         metadata: req.metadata.clone(),
         callback_url: req.callback_url.clone(),
         request_digest,
+        rcs: req.rcs.clone(),
+        traffic_type: traffic.map(|t| t.as_str().to_owned()),
+        on_uncertain: policy.on_uncertain,
+        confirm_window_ms: policy.confirm_window.as_millis() as i32,
+        quiet_hours: policy
+            .quiet_hours
+            .as_ref()
+            .map(|q| serde_json::to_value(q).expect("quiet hours serialise")),
     })
+}
+
+/// Send mode's `rcs` object: the content is Google's to judge (a 400 at send
+/// time fails the message with Google's words); what is checked here is
+/// what rbm-fallback itself relies on. Returns its traffic type.
+fn validate_rcs(rcs: &serde_json::Value) -> Result<Option<TrafficType>, ApiError> {
+    let serde_json::Value::Object(fields) = rcs else {
+        return Err(ApiError::invalid(
+            "rcs",
+            "must be an object with contentMessage and, optionally, messageTrafficType",
+        ));
+    };
+    for key in fields.keys() {
+        match key.as_str() {
+            "contentMessage" | "messageTrafficType" => {}
+            "ttl" | "expireTime" => {
+                return Err(ApiError::invalid(
+                    format!("rcs.{key}"),
+                    "is set by rbm-fallback from the deadline; leave it out",
+                ))
+            }
+            _ => {
+                return Err(ApiError::invalid(
+                    format!("rcs.{}", key.chars().take(64).collect::<String>()),
+                    "unknown field; rcs holds contentMessage and messageTrafficType",
+                ))
+            }
+        }
+    }
+    match fields.get("contentMessage") {
+        Some(serde_json::Value::Object(c)) if !c.is_empty() => {}
+        _ => {
+            return Err(ApiError::invalid(
+                "rcs.contentMessage",
+                "is required: the RBM message content, e.g. {\"text\": \"…\"}",
+            ))
+        }
+    }
+    if contains_nul(rcs) {
+        return Err(ApiError::invalid("rcs", "must not contain NUL characters"));
+    }
+    match fields.get("messageTrafficType") {
+        None => Ok(None),
+        Some(serde_json::Value::String(t)) => TrafficType::parse(t).map(Some).ok_or_else(|| {
+            ApiError::invalid(
+                "rcs.messageTrafficType",
+                format!("unknown {t:?}; one of {}", TrafficType::names()),
+            )
+        }),
+        Some(_) => Err(ApiError::invalid(
+            "rcs.messageTrafficType",
+            format!("must be one of {}", TrafficType::names()),
+        )),
+    }
 }
 
 /// PostgreSQL's jsonb cannot store NUL characters, in keys or strings.
@@ -440,7 +730,7 @@ fn contains_nul(v: &serde_json::Value) -> bool {
     path = "/v1/messages",
     tag = "messages",
     operation_id = "createMessage",
-    summary = "Register a message for fallback",
+    summary = "Register a message for fallback (track mode), or hand it over to be sent (send mode)",
     request_body = CreateMessage,
     responses(
         (status = 201, description = "Registered.", body = MessageResource),
@@ -527,14 +817,14 @@ fn not_found(id: &str) -> ApiError {
     tag = "messages",
     operation_id = "cancelMessage",
     summary = "Cancel a pending message",
-    description = "No fallback is needed after all. Only a `pending` message can be cancelled; cancelling a cancelled one again answers 200.",
+    description = "No fallback is needed after all. Only a `pending` message, or a send-mode one between send attempts (`rcs_sending`), can be cancelled; cancelling a cancelled one again answers 200.",
     params(("message_id" = String, Path, description = "The RBM `messageId` it was registered with.")),
     responses(
         (status = 200, description = "Cancelled (now or before).", body = MessageResource),
         (status = 401, response = Unauthorized),
         (status = 403, description = "`forbidden`: the API token may not act for the message's agent.", body = ErrorBody),
         (status = 404, response = NotFound),
-        (status = 409, description = "`not_cancellable`: revocation has begun or the message is finished.", body = ErrorBody),
+        (status = 409, description = "`not_cancellable`: revocation has begun, a send is under way, or the message is finished.", body = ErrorBody),
         (status = 503, response = Unavailable),
     ),
     security(("bearer" = []))
@@ -643,7 +933,7 @@ pub async fn list(
             .messages
             .into_iter()
             .filter(|m| scope.allows(&m.agent_id))
-            .map(|m| MessageResource::new(m, None))
+            .map(|m| MessageResource::new(m, None, state.settings.fallback.confirm_window))
             .collect(),
         next_cursor: page.next_after.map(encode_cursor),
     }))
@@ -761,7 +1051,11 @@ pub async fn create_batch(
                         results[i] = Some(BatchItem {
                             index: i,
                             status: 200,
-                            message: Some(MessageResource::new(m, None)),
+                            message: Some(MessageResource::new(
+                                m,
+                                None,
+                                state.settings.fallback.confirm_window,
+                            )),
                             error: None,
                         })
                     }
@@ -779,13 +1073,21 @@ pub async fn create_batch(
             Registered::Created(m) => Some(BatchItem {
                 index: i,
                 status: 201,
-                message: Some(MessageResource::new(m, None)),
+                message: Some(MessageResource::new(
+                    m,
+                    None,
+                    state.settings.fallback.confirm_window,
+                )),
                 error: None,
             }),
             Registered::Existing(m) => Some(BatchItem {
                 index: i,
                 status: 200,
-                message: Some(MessageResource::new(m, None)),
+                message: Some(MessageResource::new(
+                    m,
+                    None,
+                    state.settings.fallback.confirm_window,
+                )),
                 error: None,
             }),
             Registered::Conflict => fail(

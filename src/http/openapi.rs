@@ -18,8 +18,10 @@ use crate::domain::{Outcome, State};
 #[openapi(
     info(
         title = "rbm-fallback",
-        description = "Registers RCS Business Messaging messages with a deadline; a message \
-            not delivered by then is revoked at Google and sent as SMS through Twilio. \
+        description = "Takes RCS Business Messaging messages with a deadline, either sent by the \
+            agent (track mode) or sent by rbm-fallback itself (send mode, with an `rcs` object); \
+            a message not delivered by then is revoked at Google and sent as SMS through \
+            Twilio, as each message's policy says. \
             Every error has the body `{\"error\": {\"code\", \"message\", \"field\"?}}`."
     ),
     paths(

@@ -6,7 +6,7 @@ use sqlx::PgConnection;
 
 use super::transitions::{Caller, Change};
 use super::{EventRow, MessageRow, Store, StoreError};
-use crate::domain::{Input, Policy};
+use crate::domain::{Input, OnUncertain, Policy};
 
 #[derive(Clone, Debug)]
 pub enum Deadline {
@@ -28,7 +28,18 @@ pub struct NewMessage {
     pub callback_url: Option<String>,
     /// Identifies the request's content, to tell a retry from a conflict.
     pub request_digest: Vec<u8>,
+    /// Send mode: the RBM message to send for the agent.
+    pub rcs: Option<serde_json::Value>,
+    pub traffic_type: Option<String>,
+    /// The resolved policy.
+    pub on_uncertain: OnUncertain,
+    pub confirm_window_ms: i32,
+    pub quiet_hours: Option<serde_json::Value>,
 }
+
+/// A send-mode message to a phone Google recently could not reach over RCS
+/// starts at the SMS.
+const SKIPPED_RCS: &str = "Google could not reach this phone over RCS lately: straight to SMS";
 
 #[derive(Debug)]
 pub enum Registered {
@@ -67,9 +78,18 @@ impl Store {
         let created = sqlx::query_as!(
             MessageRow,
             r#"INSERT INTO messages (message_id, agent_id, phone, deadline, sms_body, sms_from,
-                                    metadata, request_digest, state, outcome, due_at, callback_url)
-               SELECT $1, $2, $3, d, $6, $7, $8, $9, 'pending', 'none', d, $10
-               FROM (SELECT COALESCE($4::timestamptz, now() + $5::bigint * interval '1 second') AS d) AS dl
+                                    metadata, request_digest, state, outcome, due_at, callback_url,
+                                    rcs, traffic_type, on_uncertain, confirm_window_ms, quiet_hours)
+               SELECT $1, $2, $3, d, $6, $7, $8, $9, s.state, 'none',
+                      CASE WHEN s.state = 'pending' THEN d ELSE now() END, $10,
+                      $11, $12, $13, $14, $15
+               FROM (SELECT COALESCE($4::timestamptz, now() + $5::bigint * interval '1 second') AS d) AS dl,
+                    (SELECT CASE
+                         WHEN $11::jsonb IS NULL THEN 'pending'
+                         WHEN EXISTS (SELECT 1 FROM rcs_unreachable u
+                                      WHERE u.agent_id = $2 AND u.phone = $3 AND u.until > now())
+                             THEN 'sms_sending'
+                         ELSE 'rcs_sending' END AS state) AS s
                ON CONFLICT (message_id) DO NOTHING
                RETURNING *"#,
             new.message_id,
@@ -82,6 +102,11 @@ impl Store {
             new.metadata,
             new.request_digest,
             new.callback_url,
+            new.rcs,
+            new.traffic_type,
+            new.on_uncertain.as_str(),
+            new.confirm_window_ms,
+            new.quiet_hours,
         )
         .fetch_optional(&mut *tx)
         .await?;
@@ -100,18 +125,23 @@ impl Store {
                 Registered::Conflict
             });
         };
-        let detail = serde_json::json!({ "deadline": row.deadline });
-        super::transitions::append_event(&mut tx, row.id, "registered", None, "pending", detail)
+        let mut detail = serde_json::json!({ "deadline": row.deadline });
+        if row.state == "sms_sending" {
+            detail["note"] = SKIPPED_RCS.into();
+        }
+        super::transitions::append_event(&mut tx, row.id, "registered", None, &row.state, detail)
             .await?;
-        let due_in = (row.deadline - Utc::now()).to_std().unwrap_or_default();
-        self.announce(&mut tx, Some(due_in)).await?;
+        let due_in = row
+            .due_at
+            .map(|at| (at - Utc::now()).to_std().unwrap_or_default());
+        self.announce(&mut tx, due_in).await?;
         let row = self
             .apply_early_events(&mut tx, vec![row], policy)
             .await?
             .pop()
             .expect("one row in, one out");
         tx.commit().await?;
-        self.poke(Some(due_in));
+        self.poke(due_in);
         Ok(Registered::Created(row))
     }
 
@@ -135,7 +165,17 @@ impl Store {
         let mut metas = Vec::with_capacity(batch.len());
         let mut digests = Vec::with_capacity(batch.len());
         let mut callbacks = Vec::with_capacity(batch.len());
+        let mut rcs = Vec::with_capacity(batch.len());
+        let mut traffic = Vec::with_capacity(batch.len());
+        let mut uncertain = Vec::with_capacity(batch.len());
+        let mut windows = Vec::with_capacity(batch.len());
+        let mut quiet = Vec::with_capacity(batch.len());
         for m in batch {
+            rcs.push(m.rcs.as_ref().map(|v| v.to_string()));
+            traffic.push(m.traffic_type.clone());
+            uncertain.push(m.on_uncertain.as_str().to_owned());
+            windows.push(m.confirm_window_ms);
+            quiet.push(m.quiet_hours.as_ref().map(|v| v.to_string()));
             ids.push(m.message_id.clone());
             agents.push(m.agent_id.clone());
             phones.push(m.phone.clone());
@@ -156,22 +196,37 @@ impl Store {
         let created = sqlx::query_as!(
             MessageRow,
             r#"WITH input AS (
-                   SELECT t.*, COALESCE(t.at, now() + t.after_secs * interval '1 second') AS d
+                   SELECT t.*, COALESCE(t.at, now() + t.after_secs * interval '1 second') AS d,
+                          CASE
+                              WHEN t.rcs IS NULL THEN 'pending'
+                              WHEN EXISTS (SELECT 1 FROM rcs_unreachable u
+                                           WHERE u.agent_id = t.agent_id AND u.phone = t.phone
+                                             AND u.until > now())
+                                  THEN 'sms_sending'
+                              ELSE 'rcs_sending' END AS first_state
                    FROM UNNEST($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::bigint[],
-                               $6::text[], $7::text[], $8::text[], $9::bytea[], $10::text[])
+                               $6::text[], $7::text[], $8::text[], $9::bytea[], $10::text[],
+                               $11::text[], $12::text[], $13::text[], $14::int[], $15::text[])
                         AS t(message_id, agent_id, phone, at, after_secs, sms_body, sms_from, metadata, digest,
-                             callback_url)
+                             callback_url, rcs, traffic_type, on_uncertain, confirm_window_ms, quiet_hours)
                ), ins AS (
                    INSERT INTO messages (message_id, agent_id, phone, deadline, sms_body, sms_from,
-                                         metadata, request_digest, state, outcome, due_at, callback_url)
+                                         metadata, request_digest, state, outcome, due_at, callback_url,
+                                         rcs, traffic_type, on_uncertain, confirm_window_ms, quiet_hours)
                    SELECT message_id, agent_id, phone, d, sms_body, sms_from, metadata::jsonb, digest,
-                          'pending', 'none', d, callback_url
+                          first_state, 'none', CASE WHEN first_state = 'pending' THEN d ELSE now() END,
+                          callback_url, rcs::jsonb, traffic_type, on_uncertain, confirm_window_ms,
+                          quiet_hours::jsonb
                    FROM input
                    ON CONFLICT (message_id) DO NOTHING
                    RETURNING *
                ), events AS (
                    INSERT INTO message_events (message_id, kind, state_before, state_after, detail)
-                   SELECT id, 'registered', NULL, 'pending', jsonb_build_object('deadline', deadline)
+                   SELECT id, 'registered', NULL, state,
+                          jsonb_build_object('deadline', deadline)
+                          || CASE WHEN state = 'sms_sending'
+                                  THEN jsonb_build_object('note', $16::text)
+                                  ELSE '{}'::jsonb END
                    FROM ins
                )
                SELECT * FROM ins"#,
@@ -185,11 +240,17 @@ impl Store {
             &metas as &[Option<String>],
             &digests,
             &callbacks as &[Option<String>],
+            &rcs as &[Option<String>],
+            &traffic as &[Option<String>],
+            &uncertain,
+            &windows,
+            &quiet as &[Option<String>],
+            SKIPPED_RCS,
         )
         .fetch_all(&mut *tx)
         .await?;
         let created = self.apply_early_events(&mut tx, created, policy).await?;
-        let soonest = created.iter().map(|m| m.deadline).min();
+        let soonest = created.iter().filter_map(|m| m.due_at).min();
         let due_in = soonest.map(|d| (d - Utc::now()).to_std().unwrap_or_default());
         self.announce(&mut tx, due_in).await?;
         tx.commit().await?;

@@ -21,7 +21,8 @@ use tokio::sync::Notify;
 use uuid::Uuid;
 
 use crate::config::DatabaseSettings;
-use crate::domain::{Facts, SmsStatus, State};
+use crate::domain::quiet::{self, QuietHours, QuietVerdict};
+use crate::domain::{Facts, OnUncertain, Policy, SmsStatus, SmsWindow, State};
 
 pub use claims::{Claimed, WorkResult};
 pub use messages::{Deadline, ListPage, NewMessage, Registered};
@@ -80,6 +81,9 @@ pub struct Store {
     notify_horizon: Duration,
     /// Where outcome callbacks go for messages without their own URL.
     default_callback_url: Option<Arc<str>>,
+    /// How long a phone Google could not reach over RCS goes straight to
+    /// SMS in send mode; zero: never remembered.
+    unreachable_for: Duration,
 }
 
 impl Store {
@@ -103,12 +107,19 @@ impl Store {
             wake: Arc::new(Notify::new()),
             notify_horizon,
             default_callback_url: None,
+            unreachable_for: Duration::ZERO,
         }
     }
 
     /// Transitions owe callbacks to this URL unless their message names one.
     pub fn with_default_callback_url(mut self, url: Option<&str>) -> Store {
         self.default_callback_url = url.map(Arc::from);
+        self
+    }
+
+    /// Remembers for `ttl` that Google could not reach a phone over RCS.
+    pub fn with_unreachable_ttl(mut self, ttl: Duration) -> Store {
+        self.unreachable_for = ttl;
         self
     }
 
@@ -233,6 +244,13 @@ pub struct MessageRow {
     pub updated_at: DateTime<Utc>,
     pub rcs_inferred: bool,
     pub callback_url: Option<String>,
+    /// Send mode: the RBM message to send (contentMessage, messageTrafficType).
+    pub rcs: Option<serde_json::Value>,
+    pub traffic_type: Option<String>,
+    pub on_uncertain: String,
+    /// `None`: the deployment's confirm window.
+    pub confirm_window_ms: Option<i32>,
+    pub quiet_hours: Option<serde_json::Value>,
 }
 
 #[derive(Clone, Debug)]
@@ -252,11 +270,65 @@ impl MessageRow {
         })
     }
 
+    fn corrupt(&self, what: impl Into<String>) -> StoreError {
+        StoreError::Corrupt {
+            id: self.id,
+            what: what.into(),
+        }
+    }
+
+    /// The message's own policy over the deployment's `base`.
+    pub fn policy(&self, base: &Policy) -> Result<Policy, StoreError> {
+        Ok(Policy {
+            confirm_window: self.confirm_window_ms.map_or(base.confirm_window, |ms| {
+                Duration::from_millis(ms.max(0) as u64)
+            }),
+            lease: base.lease,
+            on_uncertain: OnUncertain::parse(&self.on_uncertain)
+                .ok_or_else(|| self.corrupt(format!("on_uncertain {:?}", self.on_uncertain)))?,
+        })
+    }
+
+    pub fn quiet_hours(&self) -> Result<Option<QuietHours>, StoreError> {
+        self.quiet_hours
+            .clone()
+            .map(serde_json::from_value)
+            .transpose()
+            .map_err(|e| self.corrupt(format!("quiet_hours: {e}")))
+    }
+
+    /// Whether the recipient's quiet hours let an SMS go out at `now`.
+    fn sms_window(&self, state: State, now: DateTime<Utc>) -> Result<SmsWindow, StoreError> {
+        // Only a state about to send its first SMS asks.
+        if !matches!(
+            state,
+            State::Confirming | State::Verifying | State::SmsSending
+        ) {
+            return Ok(SmsWindow::Open);
+        }
+        let Some(rule) = self.quiet_hours()? else {
+            return Ok(SmsWindow::Open);
+        };
+        Ok(match quiet::verdict(now, &rule, &self.phone) {
+            QuietVerdict::Allowed => SmsWindow::Open,
+            QuietVerdict::WaitUntil(at) => SmsWindow::WaitFor(
+                // At least a second, so a rounding never makes a busy loop.
+                (at - now)
+                    .to_std()
+                    .unwrap_or_default()
+                    .max(Duration::from_secs(1)),
+            ),
+            QuietVerdict::Drop => SmsWindow::Closed,
+        })
+    }
+
     /// The machine's view. `in_flight` depends on who asks: for a worker
     /// reporting a result it means "your claim is still the current one".
     pub fn facts(&self, caller: Caller) -> Result<Facts, StoreError> {
+        let state = self.state()?;
         Ok(Facts {
-            state: self.state()?,
+            sms_window: self.sms_window(state, Utc::now())?,
+            state,
             rcs_delivered: self.rcs_delivered,
             rcs_inferred: self.rcs_inferred,
             in_flight: match caller {

@@ -10,6 +10,8 @@ use super::{Store, StoreError};
 pub struct Pruned {
     pub messages: u64,
     pub rbm_events: u64,
+    /// Expired entries of the RCS reachability cache.
+    pub unreachable: u64,
 }
 
 impl Store {
@@ -44,9 +46,19 @@ impl Store {
         .execute(&self.pool)
         .await?
         .rows_affected();
+        // Expired entries are ignored already; this only keeps the table small.
+        let unreachable = sqlx::query!(
+            "DELETE FROM rcs_unreachable WHERE ctid IN (
+                 SELECT ctid FROM rcs_unreachable WHERE until < now() ORDER BY until LIMIT $1)",
+            batch
+        )
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
         Ok(Pruned {
             messages,
             rbm_events,
+            unreachable,
         })
     }
 }

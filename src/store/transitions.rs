@@ -10,6 +10,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use chrono::Utc;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
@@ -176,6 +177,7 @@ impl Store {
             })
             .collect();
         let mut events = Events::default();
+        let mut reach = Reachability::default();
         let mut applied = Vec::with_capacity(changes.len());
         // Copies of rows are kept only where a callback may be owed.
         let default_url = self.default_callback_url.clone();
@@ -197,9 +199,17 @@ impl Store {
             } else {
                 None
             };
-            let verdict = domain::apply(&row.facts(change.caller)?, change.input, policy);
+            let verdict = domain::apply(
+                &row.facts(change.caller)?,
+                change.input,
+                &row.policy(policy)?,
+            );
+            let known_delivered = row.rcs_delivered && !row.rcs_inferred;
             match &verdict {
                 Verdict::Apply(step) => {
+                    if step.event == "rcs_unreachable" {
+                        reach.unreachable(row, &change.detail);
+                    }
                     // The event first: its time then precedes the start of
                     // any wait the step schedules, so the history shows waits
                     // at their full length.
@@ -230,8 +240,18 @@ impl Store {
                     if step.due != Due::Keep {
                         p.due = step.due;
                     }
-                    if let Due::In(d) = step.due {
+                    let due_in = match step.due {
+                        Due::In(d) => Some(d),
+                        Due::AtDeadline => {
+                            Some((row.deadline - Utc::now()).to_std().unwrap_or_default())
+                        }
+                        Due::Never | Due::Keep => None,
+                    };
+                    if let Some(d) = due_in {
                         soonest = Some(soonest.map_or(d, |s| s.min(d)));
+                    }
+                    if step.rcs_delivered && !step.rcs_inferred && !known_delivered {
+                        reach.reachable(row);
                     }
                     p.dirty = true;
                     if let Some(before) = before {
@@ -251,6 +271,7 @@ impl Store {
         }
         append_events(conn, events).await?;
         let stored = update_rows(conn, pending.into_values().filter(|p| p.dirty)).await?;
+        reach.store(conn, self.unreachable_for).await?;
         // What the database set (due time, update time) is what callers see.
         for m in applied
             .iter_mut()
@@ -317,6 +338,74 @@ pub(super) async fn lock_by_ids(
     .await?)
 }
 
+/// What a batch of steps taught about phones' reachability over RCS, per
+/// agent: a send answered 404/403 marks the phone unreachable for a while
+/// (send mode then skips the RCS), a delivery proves it reachable again.
+#[derive(Default)]
+struct Reachability {
+    unreachable: Vec<(String, String, String)>,
+    reachable: Vec<(String, String)>,
+}
+
+impl Reachability {
+    fn unreachable(&mut self, row: &MessageRow, detail: &serde_json::Value) {
+        let reason = match (detail.get("status"), detail.get("error")) {
+            (Some(status), Some(error)) => format!("{status}: {}", error.as_str().unwrap_or("")),
+            (Some(status), None) => status.to_string(),
+            _ => "not reachable over RCS".to_owned(),
+        };
+        self.unreachable
+            .push((row.agent_id.clone(), row.phone.clone(), reason));
+    }
+
+    fn reachable(&mut self, row: &MessageRow) {
+        self.reachable
+            .push((row.agent_id.clone(), row.phone.clone()));
+    }
+
+    async fn store(self, conn: &mut PgConnection, ttl: Duration) -> Result<(), StoreError> {
+        if !self.unreachable.is_empty() && !ttl.is_zero() {
+            let mut seen = std::collections::HashSet::new();
+            let (mut agents, mut phones, mut reasons) = (Vec::new(), Vec::new(), Vec::new());
+            // ON CONFLICT may not touch one row twice in a statement.
+            for (agent, phone, reason) in self.unreachable {
+                if seen.insert((agent.clone(), phone.clone())) {
+                    agents.push(agent);
+                    phones.push(phone);
+                    reasons.push(reason);
+                }
+            }
+            let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
+            sqlx::query!(
+                "INSERT INTO rcs_unreachable (agent_id, phone, until, reason)
+                 SELECT agent, phone, now() + $4::bigint * interval '1 millisecond', reason
+                 FROM UNNEST($1::text[], $2::text[], $3::text[]) AS t(agent, phone, reason)
+                 ORDER BY agent, phone
+                 ON CONFLICT (agent_id, phone)
+                 DO UPDATE SET until = EXCLUDED.until, reason = EXCLUDED.reason",
+                &agents,
+                &phones,
+                &reasons,
+                ttl_ms
+            )
+            .execute(&mut *conn)
+            .await?;
+        }
+        if !self.reachable.is_empty() {
+            let (agents, phones): (Vec<String>, Vec<String>) = self.reachable.into_iter().unzip();
+            sqlx::query!(
+                "DELETE FROM rcs_unreachable
+                 WHERE (agent_id, phone) IN (SELECT * FROM UNNEST($1::text[], $2::text[]))",
+                &agents,
+                &phones
+            )
+            .execute(&mut *conn)
+            .await?;
+        }
+        Ok(())
+    }
+}
+
 fn with_note(detail: serde_json::Value, note: Option<&str>) -> serde_json::Value {
     match (detail, note) {
         (serde_json::Value::Object(mut map), Some(note)) => {
@@ -351,6 +440,7 @@ async fn update_rows(
         let (mode, ms) = match due {
             Due::Never => ("never", 0i64),
             Due::In(d) => ("in", i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
+            Due::AtDeadline => ("deadline", 0),
             Due::Keep => ("keep", 0),
         };
         ids.push(row.id);
@@ -382,6 +472,7 @@ async fn update_rows(
                due_at = CASE u.due_mode
                    WHEN 'never' THEN NULL
                    WHEN 'in' THEN clock_timestamp() + u.due_ms * interval '1 millisecond'
+                   WHEN 'deadline' THEN m.deadline
                    ELSE m.due_at END,
                lease_token = u.lease_token,
                attempts = u.attempts,
@@ -398,7 +489,8 @@ async fn update_rows(
                      m.rcs_delivered AS "rcs_delivered!", m.in_doubt AS "in_doubt!",
                      m.attempts AS "attempts!", m.due_at, m.lease_token, m.sms_sid, m.sms_status,
                      m.created_at AS "created_at!", m.updated_at AS "updated_at!",
-                     m.rcs_inferred AS "rcs_inferred!", m.callback_url"#,
+                     m.rcs_inferred AS "rcs_inferred!", m.callback_url, m.rcs, m.traffic_type,
+                     m.on_uncertain AS "on_uncertain!", m.confirm_window_ms, m.quiet_hours"#,
         &ids,
         &states,
         &outcomes,
