@@ -1506,4 +1506,85 @@ client_token = "bank-client-token"
         let err = error_of(&without_rbm());
         assert!(err.contains("RBMF_RBM_AGENT_ID"), "{err}");
     }
+
+    #[test]
+    fn policies_come_from_the_deployment_the_traffic_types_and_each_agent() {
+        use crate::domain::policy::{resolve, PolicyOverrides, QuietSetting};
+        let s = load(&base_env()).unwrap();
+        let deployment = &s.fallback.policy;
+        // The shipped defaults.
+        assert_eq!(deployment.all.on_uncertain, Some(OnUncertain::Skip));
+        assert_eq!(deployment.all.quiet_hours, Some(QuietSetting::Off));
+        assert_eq!(
+            deployment.traffic[&TrafficType::Authentication].on_uncertain,
+            Some(OnUncertain::SendSms)
+        );
+        assert!(matches!(
+            deployment.traffic[&TrafficType::Promotion].quiet_hours,
+            Some(QuietSetting::Rule(_))
+        ));
+        assert_eq!(s.fallback.max_sms_segments, 10);
+        assert_eq!(s.fallback.rcs_unreachable_ttl, Duration::from_secs(86400));
+
+        let file = format!(
+            "{TWO_AGENTS}policy = {{ on_uncertain = \"send_sms\", confirm_window_ms = 2500 }}\n\
+             [agents.traffic.PROMOTION]\nquiet_hours = \"off\"\n\
+             [fallback.traffic.TRANSACTION]\nconfirm_window_ms = 700\n"
+        );
+        let s = load_file(&file, &without_rbm()).unwrap();
+        let bank = s.agent("bank").unwrap();
+        let none = PolicyOverrides::default();
+        let r = |agent: &crate::config::AgentSettings, t| {
+            resolve(
+                &none,
+                &agent.policy,
+                &s.fallback.policy,
+                Some(t),
+                s.fallback.confirm_window,
+            )
+        };
+        // The agent's own word beats the deployment's per-type default...
+        let promo = r(bank, TrafficType::Promotion);
+        assert_eq!(promo.on_uncertain, OnUncertain::SendSms);
+        assert_eq!(promo.quiet_hours, None);
+        assert_eq!(promo.confirm_window, Duration::from_millis(2500));
+        // ...and another agent keeps the deployment's.
+        let shop = s.agent("shop").unwrap();
+        let promo = r(shop, TrafficType::Promotion);
+        assert_eq!(promo.on_uncertain, OnUncertain::Skip);
+        assert!(promo.quiet_hours.is_some());
+        assert_eq!(
+            r(shop, TrafficType::Transaction).confirm_window,
+            Duration::from_millis(700)
+        );
+
+        let bad = |text: &str| {
+            load_file(&format!("{TWO_AGENTS}{text}"), &without_rbm())
+                .unwrap_err()
+                .to_string()
+        };
+        let err = bad("policy = { on_uncertain = \"maybe\" }\n");
+        assert!(
+            err.contains("agents[1]") && err.contains("send_sms"),
+            "{err}"
+        );
+        let err = bad("[agents.traffic.SPAM]\non_uncertain = \"skip\"\n");
+        assert!(err.contains("AUTHENTICATION"), "{err}");
+        let err = bad("[agents.traffic.PROMOTION]\nconfirm_window_ms = 3600001\n");
+        assert!(
+            err.contains("agents[1].traffic.PROMOTION.confirm_window_ms"),
+            "{err}"
+        );
+        let err = bad(
+            "[fallback.traffic.PROMOTION]\nquiet_hours = { start = \"9:00\", end = \"25:00\" }\n",
+        );
+        assert!(
+            err.contains("fallback.traffic.PROMOTION.quiet_hours"),
+            "{err}"
+        );
+        let mut env = without_rbm();
+        env.insert("RBMF__FALLBACK__MAX_SMS_SEGMENTS", "50");
+        let err = load_file(TWO_AGENTS, &env).unwrap_err().to_string();
+        assert!(err.contains("max_sms_segments"), "{err}");
+    }
 }

@@ -219,6 +219,20 @@ async fn real_answers_match_the_documented_schemas() {
     let (status, e) = conforms(&doc, "post", "/v1/messages", h.post(&bad).await).await;
     assert_eq!((status, e["error"]["field"].as_str()), (422, Some("phone")));
 
+    // Send mode, with a policy of its own: the resource shows both.
+    let send = json!({
+        "phone": "+15550100003", "revoke_after_secs": 3600,
+        "rcs": { "contentMessage": { "text": "Sale" }, "messageTrafficType": "PROMOTION" },
+        "policy": { "on_uncertain": "send_sms", "quiet_hours": { "start": "22:00", "end": "07:00", "time_zone": "Europe/Paris", "action": "drop" } },
+        "sms": { "body": "Sale: -20% ✨" },
+    });
+    let (status, sent) = conforms(&doc, "post", "/v1/messages", h.post(&send).await).await;
+    assert_eq!(status, 201);
+    assert_eq!(
+        (sent["mode"].as_str(), sent["sms"]["encoding"].as_str()),
+        (Some("send"), Some("UCS-2"))
+    );
+
     let raw = |content_type: &str, body: Vec<u8>| {
         h.api
             .post(h.url("/v1/messages"))
