@@ -493,7 +493,8 @@ impl Bench {
         while Instant::now() < give_up {
             let busy: i64 = sqlx::query_scalar(
                 "SELECT count(*) FROM messages
-                 WHERE id > $1 AND state IN ('pending', 'revoking', 'confirming', 'sms_sending')",
+                 WHERE id > $1 AND state IN ('rcs_sending', 'pending', 'revoking', 'confirming',
+                                             'verifying', 'sms_sending')",
             )
             .bind(after)
             .fetch_one(&self.pool)

@@ -19,7 +19,14 @@ use crate::sandbox::Rig;
 /// States in which a message still has work of its own to do. Every other
 /// state is settled: final, or `sms_sent` (waiting only on Twilio's
 /// callbacks, with its outcome already `sms`).
-pub const UNSETTLED: [&str; 4] = ["pending", "revoking", "confirming", "sms_sending"];
+pub const UNSETTLED: [&str; 6] = [
+    "rcs_sending",
+    "pending",
+    "revoking",
+    "confirming",
+    "verifying",
+    "sms_sending",
+];
 
 /// The timing a run is built on.
 #[derive(Clone, Debug)]
