@@ -537,55 +537,40 @@ impl Retry {
         })
     }
 
-    fn revoke(self) -> (Input, serde_json::Value) {
+    /// The retry as the worker's result, with its history detail.
+    fn into_result(self, input: fn(Duration, bool, String) -> Input) -> (Input, serde_json::Value) {
         let history = self.history();
-        let Retry {
-            delay,
-            ambiguous,
-            detail,
-        } = self;
-        (
+        (input(self.delay, self.ambiguous, self.detail), history)
+    }
+
+    fn revoke(self) -> (Input, serde_json::Value) {
+        self.into_result(|delay, ambiguous, detail| {
             Input::Revoke(RevokeResult::Retry {
                 delay,
                 ambiguous,
                 detail,
-            }),
-            history,
-        )
+            })
+        })
     }
 
     fn rcs_send(self) -> (Input, serde_json::Value) {
-        let history = self.history();
-        let Retry {
-            delay,
-            ambiguous,
-            detail,
-        } = self;
-        (
+        self.into_result(|delay, ambiguous, detail| {
             Input::RcsSend(RcsSendResult::Retry {
                 delay,
                 ambiguous,
                 detail,
-            }),
-            history,
-        )
+            })
+        })
     }
 
     fn sms(self) -> (Input, serde_json::Value) {
-        let history = self.history();
-        let Retry {
-            delay,
-            ambiguous,
-            detail,
-        } = self;
-        (
+        self.into_result(|delay, ambiguous, detail| {
             Input::Sms(SmsResult::Retry {
                 delay,
                 ambiguous,
                 detail,
-            }),
-            history,
-        )
+            })
+        })
     }
 }
 

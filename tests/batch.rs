@@ -103,15 +103,7 @@ async fn an_empty_or_oversized_batch_is_refused_and_stores_nothing() {
         .collect();
     let (status, _) = batch(&h, many).await;
     assert_eq!(status, 422);
-    let list: Value = h
-        .api
-        .get(h.url("/v1/messages"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list: Value = h.get_json("/v1/messages").await;
     assert_eq!(list["messages"].as_array().unwrap().len(), 0);
 }
 
@@ -124,15 +116,7 @@ async fn a_full_batch_of_a_thousand_is_stored_in_one_go() {
     let (status, body) = batch(&h, items).await;
     assert_eq!(status, 200);
     assert_eq!(body["created"], 1000);
-    let page: Value = h
-        .api
-        .get(h.url("/v1/messages?limit=500&state=pending"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let page: Value = h.get_json("/v1/messages?limit=500&state=pending").await;
     assert_eq!(page["messages"].as_array().unwrap().len(), 500);
     assert!(page["next_cursor"].is_string());
 }

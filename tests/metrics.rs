@@ -270,15 +270,7 @@ async fn in_doubt_messages_are_listed_as_stuck_until_settled() {
     // Once Google answers again the doubt is settled and the message moves on.
     h.s.google.set_faults(GoogleFaults::default());
     h.wait_state(&id, "sms_delivered").await;
-    let page: Value = h
-        .api
-        .get(h.url("/v1/operations/stuck"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let page: Value = h.get_json("/v1/operations/stuck").await;
     assert_eq!(page["messages"], serde_json::json!([]));
 }
 
@@ -295,15 +287,7 @@ async fn stuck_listing_pages_by_cursor() {
     }
     let give_up = tokio::time::Instant::now() + Duration::from_secs(15);
     loop {
-        let page: Value = h
-            .api
-            .get(h.url("/v1/operations/stuck?limit=500"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let page: Value = h.get_json("/v1/operations/stuck?limit=500").await;
         if page["messages"].as_array().unwrap().len() == 3 {
             break;
         }

@@ -295,15 +295,7 @@ async fn send_mode_requests_are_checked_and_nothing_is_stored_on_error() {
     let v: Value = h.post(&body).await.json().await.unwrap();
     assert_eq!(v["error"]["field"], "message_id");
 
-    let listed: Value = h
-        .api
-        .get(h.url("/v1/messages"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let listed: Value = h.get_json("/v1/messages").await;
     assert_eq!(listed["messages"], json!([]));
     assert!(h.s.google.sends().is_empty());
 }

@@ -136,6 +136,18 @@ impl Harness {
         id
     }
 
+    /// GETs an API path with the API token and reads the JSON answer.
+    pub async fn get_json(&self, path: &str) -> Value {
+        self.api
+            .get(self.url(path))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
     pub async fn get(&self, id: &str) -> Value {
         let r = self
             .api
