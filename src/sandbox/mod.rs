@@ -429,6 +429,7 @@ pub async fn run(opts: Options, shutdown: CancellationToken) -> anyhow::Result<b
 
 fn print_welcome(s: &Sandbox) {
     let id = uuid::Uuid::new_v4();
+    let send_id = uuid::Uuid::new_v4();
     println!(
         r#"
 rbm-fallback sandbox is running.
@@ -450,6 +451,14 @@ The phone is too slow, so the service revokes it and falls back to SMS.
     -H 'Content-Type: application/json' \
     -d '{{"phone":"+15550100001","message_id":"{id}","revoke_after_secs":2,"sms":{{"body":"Your code is 123456"}}}}'
   sleep 5; curl -s {url}/v1/messages/{id} -H 'Authorization: Bearer {token}'
+
+Or hand the send over (send mode): the service sends the RCS itself, here with
+Google's TTL and the revoke at 2 s.
+
+  curl -s {url}/v1/messages -H 'Authorization: Bearer {token}' \
+    -H 'Content-Type: application/json' \
+    -d '{{"phone":"+15550100002","message_id":"{send_id}","revoke_after_secs":2,"rcs":{{"contentMessage":{{"text":"Your code is 654321"}},"messageTrafficType":"AUTHENTICATION"}},"sms":{{"body":"Your code is 654321"}}}}'
+  sleep 5; curl -s {url}/v1/messages/{send_id} -H 'Authorization: Bearer {token}'
 
 Faults can be switched on and off while it runs (see RELIABILITY.md):
 
