@@ -4,6 +4,8 @@
 //! (on_uncertain, confirm window, quiet hours) and SMS checks.
 
 mod common;
+#[path = "common/replica.rs"]
+mod replica;
 
 use std::time::Duration;
 
@@ -489,4 +491,36 @@ async fn a_batch_takes_send_mode_and_track_mode_items_together() {
     let id = results[0]["message"]["message_id"].as_str().unwrap();
     h.wait_state(id, "sms_delivered").await;
     assert_eq!(h.s.google.sends()[0].status, 404);
+}
+
+#[tokio::test]
+async fn a_retry_with_a_policy_is_recognised_after_the_defaults_change() {
+    let h = start().await;
+    let mut body = send("+15557000013", 600_000);
+    body["policy"] = json!({ "on_uncertain": "send_sms" });
+    create(&h, &body).await;
+    // Another instance whose deployment confirm window differs: what the
+    // message's policy resolved to then is not part of the request.
+    let mut settings = h.s.settings.clone();
+    settings.fallback.confirm_window = Duration::from_millis(900);
+    let other = replica::Replica::spawn(&settings);
+    let mut answer = None;
+    for _ in 0..250 {
+        if let Ok(r) = h
+            .api
+            .post(format!("{}/v1/messages", other.url))
+            .json(&body)
+            .send()
+            .await
+        {
+            answer = Some(r);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let r = answer.expect("the other instance answers");
+    let status = r.status();
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(status, 200, "{v:#}");
+    assert_eq!(v["policy"]["confirm_window_ms"], 400);
 }

@@ -22,7 +22,7 @@ use super::openapi::{
 };
 use super::AppState;
 use crate::config::bare_agent_id;
-use crate::domain::policy::{self, PolicyOverrides, TrafficType};
+use crate::domain::policy::{self, PolicyOverrides, QuietSetting, TrafficType};
 use crate::domain::{sms_text, Input, Phone, State as MsgState, Verdict};
 use crate::store::{Caller, Deadline, EventRow, MessageRow, NewMessage, Registered, StoreError};
 
@@ -630,12 +630,10 @@ fn validate(
     if let Some(t) = traffic {
         canonical["traffic_type"] = t.as_str().into();
     }
-    if req.policy.is_some() {
-        canonical["policy"] = serde_json::json!({
-            "on_uncertain": policy.on_uncertain.as_str(),
-            "confirm_window_ms": policy.confirm_window.as_millis() as u64,
-            "quiet_hours": policy.quiet_hours,
-        });
+    // The policy as asked, not as resolved: the defaults it was resolved
+    // against may change before the retry comes.
+    if let Some(asked) = &req.policy {
+        canonical["policy"] = policy_as_asked(asked);
     }
     let request_digest = Sha256::digest(canonical.to_string().as_bytes()).to_vec();
 
@@ -657,6 +655,19 @@ fn validate(
             .quiet_hours
             .as_ref()
             .map(|q| serde_json::to_value(q).expect("quiet hours serialise")),
+    })
+}
+
+/// A request's own policy in one canonical form, for the digest.
+fn policy_as_asked(p: &PolicyOverrides) -> serde_json::Value {
+    serde_json::json!({
+        "on_uncertain": p.on_uncertain.map(|o| o.as_str()),
+        "confirm_window_ms": p.confirm_window_ms,
+        "quiet_hours": match &p.quiet_hours {
+            None => serde_json::Value::Null,
+            Some(QuietSetting::Off) => "off".into(),
+            Some(QuietSetting::Rule(rule)) => serde_json::to_value(rule).unwrap_or_default(),
+        },
     })
 }
 
