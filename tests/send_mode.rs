@@ -524,3 +524,40 @@ async fn a_retry_with_a_policy_is_recognised_after_the_defaults_change() {
     assert_eq!(status, 200, "{v:#}");
     assert_eq!(v["policy"]["confirm_window_ms"], 400);
 }
+
+#[tokio::test]
+async fn a_send_retry_never_waits_past_the_deadline() {
+    // Back-off far longer than the deadline is away.
+    let h = start_with(|cfg| {
+        for (k, v) in [
+            ("RBMF__WORKER__RETRY_BASE_MS", "20000"),
+            ("RBMF__WORKER__RETRY_CAP_MS", "20000"),
+        ] {
+            cfg.env.push((k.into(), v.into()));
+        }
+    })
+    .await;
+    let phone = "+15557000014";
+    h.s.google.set_faults(GoogleFaults {
+        error_rate: 1.0,
+        ..GoogleFaults::default()
+    });
+    let m = create(&h, &send(phone, 2500)).await;
+    let id = m["message_id"].as_str().unwrap().to_owned();
+    let deadline = chrono::DateTime::parse_from_rfc3339(m["deadline"].as_str().unwrap()).unwrap();
+    let m = h
+        .wait_until(&id, "the send given up at the deadline", |m| {
+            kinds(m).contains(&"rcs_send_expired".to_owned())
+        })
+        .await;
+    let at =
+        chrono::DateTime::parse_from_rfc3339(event(&m, "rcs_send_expired")["at"].as_str().unwrap())
+            .unwrap();
+    assert!(
+        at - deadline < chrono::TimeDelta::seconds(3),
+        "gave up {} after the deadline",
+        at - deadline
+    );
+    h.wait_state(&id, "sms_delivered").await;
+    assert_eq!(h.sms_to(phone).await, 1);
+}
