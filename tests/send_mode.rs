@@ -177,10 +177,11 @@ async fn an_agent_not_launched_for_the_user_falls_back_at_once() {
 async fn content_google_refuses_fails_the_message_with_its_words() {
     let h = start().await;
     let phone = "+15557000005";
-    let mut body = send(phone, 600_000);
-    // Two contents at once: Google answers 400.
-    body["rcs"]["contentMessage"]["fileName"] = "x.png".into();
-    let m = create(&h, &body).await;
+    // Content that passes every check, which the device cannot show:
+    // Google answers 400.
+    h.s.google
+        .set_phone(phone, PhoneBehaviour::ContentUnsupported);
+    let m = create(&h, &send(phone, 600_000)).await;
     let id = m["message_id"].as_str().unwrap();
     let m = h.wait_state(id, "failed").await;
     assert_eq!(m["outcome"], "none");
@@ -251,6 +252,32 @@ async fn send_mode_requests_are_checked_and_nothing_is_stored_on_error() {
             "unknown field",
         ),
         (json!({ "rcs": "hello" }), "rcs", "must be an object"),
+        // What Google would answer 400 at send time, leaving no SMS.
+        (
+            json!({ "rcs": { "contentMessage": { "text": "x", "fileName": "x.png" } } }),
+            "rcs.contentMessage",
+            "exactly one of",
+        ),
+        (
+            json!({ "rcs": { "contentMessage": { "suggestions": [] } } }),
+            "rcs.contentMessage",
+            "it sets none",
+        ),
+        (
+            json!({ "rcs": { "contentMessage": { "text": "x".repeat(3073) } } }),
+            "rcs.contentMessage.text",
+            "at most 3072",
+        ),
+        (
+            json!({ "rcs": { "contentMessage": { "text": "x", "colour": "red" } } }),
+            "rcs.contentMessage.colour",
+            "unknown field",
+        ),
+        (
+            json!({ "rcs": { "contentMessage": { "richCard": "card" } } }),
+            "rcs.contentMessage.richCard",
+            "an object",
+        ),
         (
             json!({ "traffic_type": "PROMOTION" }),
             "traffic_type",

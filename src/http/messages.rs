@@ -23,7 +23,7 @@ use super::openapi::{
 use super::AppState;
 use crate::config::bare_agent_id;
 use crate::domain::policy::{self, PolicyOverrides, QuietSetting, TrafficType};
-use crate::domain::{sms_text, Input, Phone, State as MsgState, Verdict};
+use crate::domain::{rbm_content, sms_text, Input, Phone, State as MsgState, Verdict};
 use crate::store::{Caller, Deadline, EventRow, MessageRow, NewMessage, Registered, StoreError};
 
 pub const MAX_SMS_CHARS: usize = 1600;
@@ -671,9 +671,10 @@ fn policy_as_asked(p: &PolicyOverrides) -> serde_json::Value {
     })
 }
 
-/// Send mode's `rcs` object: the content is Google's to judge (a 400 at send
-/// time fails the message with Google's words); what is checked here is
-/// what rbm-fallback itself relies on. Returns its traffic type.
+/// Send mode's `rcs` object: what rbm-fallback itself relies on, and the
+/// documented rules Google checks the content by (a 400 at send time would
+/// fail the message without an SMS). What depends on the device stays
+/// Google's to judge. Returns its traffic type.
 fn validate_rcs(rcs: &serde_json::Value) -> Result<Option<TrafficType>, ApiError> {
     let serde_json::Value::Object(fields) = rcs else {
         return Err(ApiError::invalid(
@@ -699,7 +700,15 @@ fn validate_rcs(rcs: &serde_json::Value) -> Result<Option<TrafficType>, ApiError
         }
     }
     match fields.get("contentMessage") {
-        Some(serde_json::Value::Object(c)) if !c.is_empty() => {}
+        Some(serde_json::Value::Object(c)) if !c.is_empty() => {
+            rbm_content::check(c).map_err(|e| {
+                let field = match e.field() {
+                    "" => "rcs.contentMessage".to_owned(),
+                    f => format!("rcs.contentMessage.{f}"),
+                };
+                ApiError::invalid(field, e.to_string())
+            })?
+        }
         _ => {
             return Err(ApiError::invalid(
                 "rcs.contentMessage",
