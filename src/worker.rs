@@ -311,7 +311,9 @@ impl Worker {
         let key = format!("rbm:{}", m.agent_id);
         let rate = self.limits.rates_of(&m.agent_id).0;
         if let Err(free_in) = self.throttle(key, rate).await {
-            return Retry::rate_limited(free_in).rcs_send();
+            return Retry::rate_limited(free_in)
+                .no_later_than(m.deadline)
+                .rcs_send();
         }
         let answer = self
             .rbm
@@ -333,7 +335,7 @@ impl Worker {
             ),
             Err(e) => match self.failure(e, attempt) {
                 Failure::Retry(r) => {
-                    let (input, detail) = r.rcs_send();
+                    let (input, detail) = r.no_later_than(m.deadline).rcs_send();
                     (input, detail, "retry")
                 }
                 Failure::Rejected { status, detail, .. } => (
@@ -526,6 +528,17 @@ impl Retry {
             delay: free_in,
             ambiguous: false,
             detail: "rate limited: waiting for a slot".into(),
+        }
+    }
+
+    /// A send due after the deadline is pointless (the next claim gives it
+    /// up there and then): the retry comes at the deadline at the latest,
+    /// so the SMS is not held back by a long back-off or Retry-After.
+    fn no_later_than(self, deadline: chrono::DateTime<chrono::Utc>) -> Retry {
+        let left = (deadline - chrono::Utc::now()).to_std().unwrap_or_default();
+        Retry {
+            delay: self.delay.min(left),
+            ..self
         }
     }
 

@@ -4,6 +4,8 @@
 //! (on_uncertain, confirm window, quiet hours) and SMS checks.
 
 mod common;
+#[path = "common/replica.rs"]
+mod replica;
 
 use std::time::Duration;
 
@@ -175,10 +177,11 @@ async fn an_agent_not_launched_for_the_user_falls_back_at_once() {
 async fn content_google_refuses_fails_the_message_with_its_words() {
     let h = start().await;
     let phone = "+15557000005";
-    let mut body = send(phone, 600_000);
-    // Two contents at once: Google answers 400.
-    body["rcs"]["contentMessage"]["fileName"] = "x.png".into();
-    let m = create(&h, &body).await;
+    // Content that passes every check, which the device cannot show:
+    // Google answers 400.
+    h.s.google
+        .set_phone(phone, PhoneBehaviour::ContentUnsupported);
+    let m = create(&h, &send(phone, 600_000)).await;
     let id = m["message_id"].as_str().unwrap();
     let m = h.wait_state(id, "failed").await;
     assert_eq!(m["outcome"], "none");
@@ -249,6 +252,32 @@ async fn send_mode_requests_are_checked_and_nothing_is_stored_on_error() {
             "unknown field",
         ),
         (json!({ "rcs": "hello" }), "rcs", "must be an object"),
+        // What Google would answer 400 at send time, leaving no SMS.
+        (
+            json!({ "rcs": { "contentMessage": { "text": "x", "fileName": "x.png" } } }),
+            "rcs.contentMessage",
+            "exactly one of",
+        ),
+        (
+            json!({ "rcs": { "contentMessage": { "suggestions": [] } } }),
+            "rcs.contentMessage",
+            "it sets none",
+        ),
+        (
+            json!({ "rcs": { "contentMessage": { "text": "x".repeat(3073) } } }),
+            "rcs.contentMessage.text",
+            "at most 3072",
+        ),
+        (
+            json!({ "rcs": { "contentMessage": { "text": "x", "colour": "red" } } }),
+            "rcs.contentMessage.colour",
+            "unknown field",
+        ),
+        (
+            json!({ "rcs": { "contentMessage": { "richCard": "card" } } }),
+            "rcs.contentMessage.richCard",
+            "an object",
+        ),
         (
             json!({ "traffic_type": "PROMOTION" }),
             "traffic_type",
@@ -481,4 +510,73 @@ async fn a_batch_takes_send_mode_and_track_mode_items_together() {
     let id = results[0]["message"]["message_id"].as_str().unwrap();
     h.wait_state(id, "sms_delivered").await;
     assert_eq!(h.s.google.sends()[0].status, 404);
+}
+
+#[tokio::test]
+async fn a_retry_with_a_policy_is_recognised_after_the_defaults_change() {
+    let h = start().await;
+    let mut body = send("+15557000013", 600_000);
+    body["policy"] = json!({ "on_uncertain": "send_sms" });
+    create(&h, &body).await;
+    // Another instance whose deployment confirm window differs: what the
+    // message's policy resolved to then is not part of the request.
+    let mut settings = h.s.settings.clone();
+    settings.fallback.confirm_window = Duration::from_millis(900);
+    let other = replica::Replica::spawn(&settings);
+    let mut answer = None;
+    for _ in 0..250 {
+        if let Ok(r) = h
+            .api
+            .post(format!("{}/v1/messages", other.url))
+            .json(&body)
+            .send()
+            .await
+        {
+            answer = Some(r);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let r = answer.expect("the other instance answers");
+    let status = r.status();
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(status, 200, "{v:#}");
+    assert_eq!(v["policy"]["confirm_window_ms"], 400);
+}
+
+#[tokio::test]
+async fn a_send_retry_never_waits_past_the_deadline() {
+    // Back-off far longer than the deadline is away.
+    let h = start_with(|cfg| {
+        for (k, v) in [
+            ("RBMF__WORKER__RETRY_BASE_MS", "20000"),
+            ("RBMF__WORKER__RETRY_CAP_MS", "20000"),
+        ] {
+            cfg.env.push((k.into(), v.into()));
+        }
+    })
+    .await;
+    let phone = "+15557000014";
+    h.s.google.set_faults(GoogleFaults {
+        error_rate: 1.0,
+        ..GoogleFaults::default()
+    });
+    let m = create(&h, &send(phone, 2500)).await;
+    let id = m["message_id"].as_str().unwrap().to_owned();
+    let deadline = chrono::DateTime::parse_from_rfc3339(m["deadline"].as_str().unwrap()).unwrap();
+    let m = h
+        .wait_until(&id, "the send given up at the deadline", |m| {
+            kinds(m).contains(&"rcs_send_expired".to_owned())
+        })
+        .await;
+    let at =
+        chrono::DateTime::parse_from_rfc3339(event(&m, "rcs_send_expired")["at"].as_str().unwrap())
+            .unwrap();
+    assert!(
+        at - deadline < chrono::TimeDelta::seconds(3),
+        "gave up {} after the deadline",
+        at - deadline
+    );
+    h.wait_state(&id, "sms_delivered").await;
+    assert_eq!(h.sms_to(phone).await, 1);
 }

@@ -630,6 +630,8 @@ fn event() -> impl Strategy<Value = Event> {
 #[derive(Default, Debug)]
 struct World {
     action: Option<Action>,
+    /// Google took the RCS we sent (send mode), whether or not we heard so.
+    rcs_at_google: bool,
     sms_created: u32,
     sms_sid: Option<String>,
     rcs_delivered_at: Option<usize>,
@@ -639,16 +641,26 @@ struct World {
 fn finish(world: &mut World, action: Action, pick: u8, t: usize) -> Input {
     match action {
         Action::SendRcs => Input::RcsSend(match pick % 6 {
-            0 | 1 => RcsSendResult::Sent,
+            0 | 1 => {
+                world.rcs_at_google = true;
+                RcsSendResult::Sent
+            }
             2 => RcsSendResult::Unreachable {
                 status: 404,
                 detail: String::new(),
             },
-            3 => RcsSendResult::Retry {
-                delay: Duration::from_secs(1),
-                ambiguous: pick & 0x80 != 0,
-                detail: String::new(),
-            },
+            3 => {
+                // No answer: Google may have taken it all the same.
+                let ambiguous = pick & 0x80 != 0;
+                if ambiguous && pick & 0x40 != 0 {
+                    world.rcs_at_google = true;
+                }
+                RcsSendResult::Retry {
+                    delay: Duration::from_secs(1),
+                    ambiguous,
+                    detail: String::new(),
+                }
+            }
             4 => RcsSendResult::Expired,
             _ => RcsSendResult::Rejected {
                 status: 400,
@@ -748,7 +760,12 @@ fn run(events: &[Event], mut f: Facts, policy: &Policy) -> (Facts, World) {
             },
             Event::Crash(after_create) => {
                 // The claim stays set in the database; only the worker is gone.
-                if let Some(Action::SendSms { may_send: true, .. }) = w.action.take() {
+                let action = w.action.take();
+                if action == Some(Action::SendRcs) && *after_create {
+                    // Died after Google took the RCS.
+                    w.rcs_at_google = true;
+                }
+                if let Some(Action::SendSms { may_send: true, .. }) = action {
                     if *after_create && w.sms_sid.is_none() {
                         // Died after Twilio created the message.
                         w.sms_created += 1;
@@ -821,6 +838,60 @@ fn run(events: &[Event], mut f: Facts, policy: &Policy) -> (Facts, World) {
     (f, w)
 }
 
+/// Histories in which nothing proves the RCS arrived and nobody refuses:
+/// no DELIVERED or READ, no cancel, no permanent refusal from Google or
+/// Twilio, no quiet hours that drop the SMS.
+fn unproven_event() -> impl Strategy<Value = Event> {
+    // finish() reads a pick modulo 6 (sends), 5 (revokes, SMS): 5 and 4
+    // are the refusals.
+    let answer = any::<u8>().prop_filter("a refusal", |p| p % 6 != 5 && p % 5 != 4);
+    prop_oneof![
+        1 => Just(Event::TtlRevoked),
+        1 => Just(Event::TtlRevokeFailed),
+        3 => Just(Event::Claim),
+        4 => answer.prop_map(Event::Finish),
+        1 => any::<bool>().prop_map(Event::Crash),
+        1 => any::<u8>().prop_map(Event::Callback),
+        1 => (0u8..2).prop_map(Event::Quiet),
+    ]
+}
+
+/// What happens to a send-mode message on our side alone: no Google event
+/// (none can come for an RCS Google never took), no cancel, no refusal, no
+/// quiet hours that drop the SMS.
+fn our_side_event() -> impl Strategy<Value = Event> {
+    let answer = any::<u8>().prop_filter("a refusal", |p| p % 6 != 5 && p % 5 != 4);
+    prop_oneof![
+        3 => Just(Event::Claim),
+        4 => answer.prop_map(Event::Finish),
+        1 => any::<bool>().prop_map(Event::Crash),
+        1 => any::<u8>().prop_map(Event::Callback),
+        1 => (0u8..2).prop_map(Event::Quiet),
+    ]
+}
+
+/// From wherever a history left the message, claims and clean answers
+/// (quiet hours over) until it rests; the last facts.
+fn settle(mut f: Facts, w: &mut World, policy: &Policy) -> Facts {
+    f.sms_window = SmsWindow::Open;
+    for _ in 0..10 {
+        if f.state.is_final() || f.state == State::SmsSent {
+            break;
+        }
+        let input = match w.action.take() {
+            Some(a) if f.in_flight => finish(w, a, 0, 0),
+            _ => Input::Claim,
+        };
+        if let Verdict::Apply(s) = apply(&f, &input, policy) {
+            if s.lease == Lease::Take {
+                w.action = s.action;
+            }
+            f = next(&f, &s);
+        }
+    }
+    f
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(4000))]
 
@@ -880,40 +951,42 @@ proptest! {
     }
 
     #[test]
+    fn send_sms_never_misses_without_proof_of_the_rcs(
+        events in prop::collection::vec(unproven_event(), 0..40),
+        send_mode in any::<bool>(),
+    ) {
+        let (f, mut w) = run(&events, start(send_mode), &SEND_SMS);
+        let f = settle(f, &mut w, &SEND_SMS);
+        prop_assert!(f.state.is_final() || f.state == State::SmsSent, "stuck in {}", f.state);
+        prop_assert_eq!(w.sms_created, 1, "ended {} without the SMS", f.state);
+        prop_assert!(!f.rcs_delivered, "a delivery nothing proved");
+    }
+
+    #[test]
+    fn an_rcs_google_never_took_is_never_taken_for_delivered(
+        events in prop::collection::vec(our_side_event(), 0..40),
+        send_sms in any::<bool>(),
+    ) {
+        let policy = policy(send_sms);
+        let (f, mut w) = run(&events, start(true), &policy);
+        let f = settle(f, &mut w, &policy);
+        if !w.rcs_at_google {
+            prop_assert!(!f.rcs_delivered, "{} with a delivery Google could not make", f.state);
+            prop_assert_eq!(w.sms_created, 1, "ended {} without the SMS", f.state);
+        }
+    }
+
+    #[test]
     fn a_cooperative_world_always_settles(
         events in prop::collection::vec(event(), 0..30),
         send_mode in any::<bool>(),
         send_sms in any::<bool>(),
     ) {
         let policy = policy(send_sms);
-        let (mut f, mut w) = run(&events, start(send_mode), &policy);
-        // Quiet hours end.
-        f.sms_window = SmsWindow::Open;
+        let (f, mut w) = run(&events, start(send_mode), &policy);
         // From wherever the history left it, claims and clean answers must
         // bring the message to rest within a few steps.
-        for _ in 0..10 {
-            if f.state.is_final() || f.state == State::SmsSent {
-                break;
-            }
-            if matches!(
-                f.state,
-                State::RcsSending
-                    | State::Pending
-                    | State::Revoking
-                    | State::Confirming
-                    | State::Verifying
-                    | State::SmsSending
-            ) {
-                let input = match w.action.take() {
-                    Some(a) if f.in_flight => finish(&mut w, a, 0, 0),
-                    _ => Input::Claim,
-                };
-                if let Verdict::Apply(s) = apply(&f, &input, &policy) {
-                    if s.lease == Lease::Take { w.action = s.action; }
-                    f = next(&f, &s);
-                }
-            }
-        }
+        let f = settle(f, &mut w, &policy);
         prop_assert!(f.state.is_final() || f.state == State::SmsSent, "stuck in {}", f.state);
         prop_assert!(w.sms_created <= 1);
     }

@@ -7,6 +7,7 @@ pub mod phone;
 pub mod policy;
 pub mod quiet;
 pub mod ratelimit;
+pub mod rbm_content;
 pub mod sms_text;
 pub mod state;
 

@@ -22,8 +22,8 @@ use super::openapi::{
 };
 use super::AppState;
 use crate::config::bare_agent_id;
-use crate::domain::policy::{self, PolicyOverrides, TrafficType};
-use crate::domain::{sms_text, Input, Phone, State as MsgState, Verdict};
+use crate::domain::policy::{self, PolicyOverrides, QuietSetting, TrafficType};
+use crate::domain::{rbm_content, sms_text, Input, Phone, State as MsgState, Verdict};
 use crate::store::{Caller, Deadline, EventRow, MessageRow, NewMessage, Registered, StoreError};
 
 pub const MAX_SMS_CHARS: usize = 1600;
@@ -630,12 +630,10 @@ fn validate(
     if let Some(t) = traffic {
         canonical["traffic_type"] = t.as_str().into();
     }
-    if req.policy.is_some() {
-        canonical["policy"] = serde_json::json!({
-            "on_uncertain": policy.on_uncertain.as_str(),
-            "confirm_window_ms": policy.confirm_window.as_millis() as u64,
-            "quiet_hours": policy.quiet_hours,
-        });
+    // The policy as asked, not as resolved: the defaults it was resolved
+    // against may change before the retry comes.
+    if let Some(asked) = &req.policy {
+        canonical["policy"] = policy_as_asked(asked);
     }
     let request_digest = Sha256::digest(canonical.to_string().as_bytes()).to_vec();
 
@@ -660,9 +658,23 @@ fn validate(
     })
 }
 
-/// Send mode's `rcs` object: the content is Google's to judge (a 400 at send
-/// time fails the message with Google's words); what is checked here is
-/// what rbm-fallback itself relies on. Returns its traffic type.
+/// A request's own policy in one canonical form, for the digest.
+fn policy_as_asked(p: &PolicyOverrides) -> serde_json::Value {
+    serde_json::json!({
+        "on_uncertain": p.on_uncertain.map(|o| o.as_str()),
+        "confirm_window_ms": p.confirm_window_ms,
+        "quiet_hours": match &p.quiet_hours {
+            None => serde_json::Value::Null,
+            Some(QuietSetting::Off) => "off".into(),
+            Some(QuietSetting::Rule(rule)) => serde_json::to_value(rule).unwrap_or_default(),
+        },
+    })
+}
+
+/// Send mode's `rcs` object: what rbm-fallback itself relies on, and the
+/// documented rules Google checks the content by (a 400 at send time would
+/// fail the message without an SMS). What depends on the device stays
+/// Google's to judge. Returns its traffic type.
 fn validate_rcs(rcs: &serde_json::Value) -> Result<Option<TrafficType>, ApiError> {
     let serde_json::Value::Object(fields) = rcs else {
         return Err(ApiError::invalid(
@@ -688,7 +700,15 @@ fn validate_rcs(rcs: &serde_json::Value) -> Result<Option<TrafficType>, ApiError
         }
     }
     match fields.get("contentMessage") {
-        Some(serde_json::Value::Object(c)) if !c.is_empty() => {}
+        Some(serde_json::Value::Object(c)) if !c.is_empty() => {
+            rbm_content::check(c).map_err(|e| {
+                let field = match e.field() {
+                    "" => "rcs.contentMessage".to_owned(),
+                    f => format!("rcs.contentMessage.{f}"),
+                };
+                ApiError::invalid(field, e.to_string())
+            })?
+        }
         _ => {
             return Err(ApiError::invalid(
                 "rcs.contentMessage",

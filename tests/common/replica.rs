@@ -7,6 +7,8 @@ use rbm_fallback::config::Settings;
 use tokio_util::sync::CancellationToken;
 
 pub struct Replica {
+    /// Its base URL, for requests to this instance in particular.
+    pub url: String,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -36,6 +38,7 @@ impl Replica {
             rt.shutdown_background();
         });
         Replica {
+            url: format!("http://{addr}"),
             stop: Some(stop),
             thread: Some(thread),
         }

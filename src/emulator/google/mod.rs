@@ -9,8 +9,10 @@
 //! Phone behaviours: `Online` (delivers, then read), `Offline` (never
 //! delivers), `RevokeRace` (delivered after a revoke answered 200),
 //! `TtlRevokeFails` and `TtlRace` (TTL expiry racing delivery), `NotRcs`
-//! (no RCS, or a carrier without RBM: send and capabilities answer 404) and
-//! `NotLaunched` (the agent may not reach this user: 403).
+//! (no RCS, or a carrier without RBM: send and capabilities answer 404),
+//! `NotLaunched` (the agent may not reach this user: 403) and
+//! `ContentUnsupported` (the device cannot show what is sent: a send answers
+//! 400, the capability check 200).
 //!
 //! A send is checked as Google checks it, before the phone is looked at:
 //! one kind of content, text of at most 3072 characters, a known traffic
@@ -114,15 +116,27 @@ pub enum PhoneBehaviour {
     /// The agent is not launched for this user: a send or a capability
     /// check answers 403 PERMISSION_DENIED; nothing is stored.
     NotLaunched,
+    /// The device cannot show the features a message uses: a send answers
+    /// 400 INVALID_ARGUMENT and nothing is stored; the capability check
+    /// answers as for any RCS phone.
+    ContentUnsupported,
 }
 
 impl PhoneBehaviour {
-    /// Why Google refuses messages for such a phone, if it does.
+    /// Why Google refuses to reach such a phone at all, if it does.
     fn refusal(&self) -> Option<Refusal> {
         match self {
             Self::NotRcs => Some(Refusal::NotRcs),
             Self::NotLaunched => Some(Refusal::NotLaunched),
             _ => None,
+        }
+    }
+
+    /// Why Google refuses a message for such a phone, if it does.
+    fn send_refusal(&self) -> Option<Refusal> {
+        match self {
+            Self::ContentUnsupported => Some(Refusal::ContentUnsupported),
+            other => other.refusal(),
         }
     }
 }
@@ -134,6 +148,10 @@ enum Refusal {
     NotRcs,
     #[error("The agent is not launched for this user.")]
     NotLaunched,
+    #[error(
+        "Request contains an invalid argument: the user's device does not support this content."
+    )]
+    ContentUnsupported,
 }
 
 impl Refusal {
@@ -141,6 +159,7 @@ impl Refusal {
         match self {
             Self::NotRcs => 404,
             Self::NotLaunched => 403,
+            Self::ContentUnsupported => 400,
         }
     }
 }
@@ -470,7 +489,8 @@ impl GoogleEmulator {
     /// What the agent does before registering with rbm-fallback: send a
     /// message (same effect as the HTTP send endpoint, but not recorded in
     /// `sends`). ttl None = no TTL. Returns the status Google answers: 200,
-    /// or 404 / 403 for a `NotRcs` / `NotLaunched` phone (nothing stored).
+    /// or 404 / 403 / 400 for a `NotRcs` / `NotLaunched` /
+    /// `ContentUnsupported` phone (nothing stored).
     pub fn agent_send(&self, phone: &str, message_id: &str, ttl: Option<Duration>) -> u16 {
         let content = json!({ "text": format!("sandbox message {message_id}") });
         match self
@@ -743,7 +763,7 @@ impl Inner {
             return Ok(m.resource.clone());
         }
         let behaviour = self.behaviour_of(&st, phone);
-        if let Some(refusal) = behaviour.refusal() {
+        if let Some(refusal) = behaviour.send_refusal() {
             return Err(refusal);
         }
         let mut resource = json!({

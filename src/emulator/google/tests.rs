@@ -1361,6 +1361,25 @@ async fn not_launched_phone_answers_403_to_send_and_capabilities() {
 }
 
 #[tokio::test]
+async fn a_device_without_the_features_refuses_sends_with_400_only() {
+    let emu = emulator().await;
+    let api = Api::new(&emu).await;
+    emu.set_phone(PHONE, PhoneBehaviour::ContentUnsupported);
+    let id = msg_id();
+    let (status, body) = api
+        .send(PHONE, &format!("messageId={id}"), &text("hi"))
+        .await;
+    assert_eq!(
+        (status, &body["error"]["status"]),
+        (400, &json!("INVALID_ARGUMENT"))
+    );
+    assert_eq!(emu.message_state(&id), None);
+    assert_eq!(emu.agent_send(PHONE, &id, None), 400);
+    // The phone is an RCS phone all the same.
+    assert_eq!(api.capabilities(PHONE).await.0, 200);
+}
+
+#[tokio::test]
 async fn content_is_checked_before_the_phone_and_refused_with_400() {
     let emu = emulator().await;
     let api = Api::new(&emu).await;
