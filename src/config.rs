@@ -1543,11 +1543,15 @@ client_token = "bank-client-token"
                 s.fallback.confirm_window,
             )
         };
-        // The agent's own word beats the deployment's per-type default...
+        // Per traffic type the agent's word comes first, then the
+        // deployment's, then the agent's general one...
         let promo = r(bank, TrafficType::Promotion);
-        assert_eq!(promo.on_uncertain, OnUncertain::SendSms);
+        assert_eq!(promo.on_uncertain, OnUncertain::Skip);
         assert_eq!(promo.quiet_hours, None);
         assert_eq!(promo.confirm_window, Duration::from_millis(2500));
+        let receipt = r(bank, TrafficType::Transaction);
+        assert_eq!(receipt.on_uncertain, OnUncertain::SendSms);
+        assert_eq!(receipt.confirm_window, Duration::from_millis(700));
         // ...and another agent keeps the deployment's.
         let shop = s.agent("shop").unwrap();
         let promo = r(shop, TrafficType::Promotion);

@@ -24,6 +24,7 @@ use crate::domain::phone::mask;
 use crate::domain::ratelimit::TokenBucket;
 use crate::domain::{
     Action, Input, Policy, RcsSendResult, RevokeResult, SmsResult, SmsStatus, Verdict,
+    RCS_TTL_MARGIN,
 };
 use crate::google::{RbmClient, Revoked, SendAnswer};
 use crate::outbound::CallError;
@@ -289,8 +290,9 @@ impl Worker {
             .delay(attempt, retry_after, rand::thread_rng().gen::<f64>())
     }
 
-    /// Send mode: sends the RBM message with Google's TTL at the deadline,
-    /// so that Google's own expiry events back up our revoke.
+    /// Send mode: sends the RBM message with Google's TTL just after the
+    /// deadline ([`RCS_TTL_MARGIN`]), so that Google's own expiry backs up
+    /// our revoke.
     async fn send_rcs(&self, claim: &Claimed, attempt: u32) -> (Input, serde_json::Value) {
         let m = &claim.message;
         let left = (m.deadline - chrono::Utc::now())
@@ -304,8 +306,8 @@ impl Worker {
             );
         }
         let mut body = m.rcs.clone().unwrap_or_default();
-        body["expireTime"] = m
-            .deadline
+        let expire = m.deadline + chrono::TimeDelta::from_std(RCS_TTL_MARGIN).unwrap_or_default();
+        body["expireTime"] = expire
             .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
             .into();
         let key = format!("rbm:{}", m.agent_id);

@@ -1343,7 +1343,7 @@ async fn cancel_after_revocation_began_is_409() {
         409,
         "not_cancellable",
         None,
-        "revocation has already begun",
+        "the fallback is already under way",
     );
     assert!(v["error"]["message"].as_str().unwrap().contains("revoking"));
     let unchanged = h.get(&id).await;

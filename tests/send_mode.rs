@@ -1,5 +1,5 @@
 //! Send mode and per-message policies, end to end: rbm-fallback sends the
-//! RBM message itself (TTL at the deadline), falls back at once for phones
+//! RBM message itself (TTL just after the deadline), falls back at once for phones
 //! Google cannot reach, remembers them, and applies each message's policy
 //! (on_uncertain, confirm window, quiet hours) and SMS checks.
 
@@ -73,12 +73,12 @@ async fn sends_the_rbm_message_with_its_ttl_at_the_deadline() {
     assert_eq!(sends[0].message_id, id);
     assert_eq!(sends[0].status, 200);
     assert_eq!(sends[0].traffic_type.as_deref(), Some("TRANSACTION"));
-    // Google's TTL ends at our deadline, to the millisecond.
+    // Google's TTL ends just after our deadline, so that our revoke comes first.
     let deadline = chrono::DateTime::parse_from_rfc3339(m["deadline"].as_str().unwrap()).unwrap();
     let expire = sends[0].expire_time.as_deref().expect("an expireTime");
     assert_eq!(
         chrono::DateTime::parse_from_rfc3339(expire).unwrap(),
-        deadline
+        deadline + chrono::TimeDelta::from_std(rbm_fallback::domain::RCS_TTL_MARGIN).unwrap()
     );
     assert_eq!(sends[0].ttl, None);
 
@@ -98,19 +98,32 @@ async fn sends_the_rbm_message_with_its_ttl_at_the_deadline() {
 }
 
 #[tokio::test]
-async fn an_undelivered_send_is_revoked_and_sent_as_sms() {
+async fn an_undelivered_send_is_revoked_and_sent_as_sms_even_without_any_webhook() {
     let h = start().await;
     let phone = "+15557000002";
     h.s.google.set_phone(phone, PhoneBehaviour::Offline);
+    // Not one event from Google reaches the service: the revoke's answer
+    // alone must decide.
+    h.s.google.set_faults(GoogleFaults {
+        webhook_drop_rate: 1.0,
+        ..GoogleFaults::default()
+    });
     let m = create(&h, &send(phone, 2500)).await;
     let id = m["message_id"].as_str().unwrap();
     let m = h.wait_state(id, "sms_delivered").await;
     assert_eq!(m["outcome"], "sms");
-    let k = kinds(&m);
-    assert_eq!(&k[..3], ["registered", "rcs_send_attempt", "rcs_sent"]);
-    // Our revoke at the deadline and Google's own TTL expiry race; either
-    // way the message is revoked once and the SMS goes once.
-    assert!(k.contains(&"sms_accepted".to_owned()), "{k:?}");
+    assert_eq!(
+        &kinds(&m)[..6],
+        [
+            "registered",
+            "rcs_send_attempt",
+            "rcs_sent",
+            "revoke_attempt",
+            "revoke_ok",
+            "sms_attempt"
+        ]
+    );
+    assert_eq!(h.s.google.revokes()[0].status, 200);
     assert_eq!(h.sms_to(phone).await, 1);
 }
 

@@ -5,7 +5,7 @@
 //! database transaction that also appends the event to the history.
 //!
 //! In send mode the message starts in `rcs_sending`: rbm-fallback sends the
-//! RBM message itself, with Google's TTL set to the deadline, then waits in
+//! RBM message itself, with Google's TTL just after the deadline, then waits in
 //! `pending` as a tracked message does.
 //!
 //! Two rules carry the product's promise:
@@ -18,6 +18,15 @@
 use std::time::Duration;
 
 use super::state::{SmsStatus, State};
+
+/// In send mode Google's TTL ends this long after the deadline. Our revoke
+/// at the deadline then normally reaches Google first, and its answer means
+/// what it does in track mode (200 revoked, 404 delivered); were the TTL
+/// exactly at the deadline, the two would race and a 404 would often mean
+/// "expired", which only a TTL event (never guaranteed) could tell. The TTL
+/// stays the backstop: should our revoke not get through, Google expires the
+/// message itself and reports it.
+pub const RCS_TTL_MARGIN: Duration = Duration::from_secs(30);
 
 /// What the machine needs to know about a message.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -91,7 +100,7 @@ pub enum Input {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum RcsSendResult {
-    /// 200: Google holds the message, with its TTL at the deadline.
+    /// 200: Google holds the message, its TTL just after the deadline.
     Sent,
     /// 404 (the phone is not RCS-capable, or its carrier has not launched
     /// RBM) or 403 (the agent is not launched for this user): the RCS can
@@ -149,7 +158,7 @@ pub enum SmsResult {
 /// What a worker must do after claiming a message.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Action {
-    /// Send the RBM message at Google, TTL at the deadline. Repeats carry the
+    /// Send the RBM message at Google, TTL just after the deadline. Repeats carry the
     /// same messageId, which Google ignores.
     SendRcs,
     /// DELETE the agent message at Google. `after_doubt`: an earlier DELETE
@@ -352,7 +361,7 @@ pub fn apply(facts: &Facts, input: &Input, policy: &Policy) -> Verdict {
                 reason: "the message already reached its outcome",
             },
             _ => Verdict::Refuse {
-                reason: "revocation has already begun",
+                reason: "the fallback is already under way",
             },
         },
 

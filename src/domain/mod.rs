@@ -13,7 +13,7 @@ pub mod state;
 
 pub use machine::{
     apply, Action, Due, Facts, Input, Lease, OnUncertain, Policy, RcsSendResult, RevokeResult,
-    SmsResult, SmsWindow, Step, Verdict,
+    SmsResult, SmsWindow, Step, Verdict, RCS_TTL_MARGIN,
 };
 pub use phone::Phone;
 pub use state::{Outcome, SmsStatus, State};

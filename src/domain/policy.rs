@@ -5,12 +5,16 @@
 //! level that says each setting:
 //!
 //! 1. the message itself (`policy` in the request);
-//! 2. its agent's setting for its `messageTrafficType`, then its agent's own;
-//! 3. the deployment's setting for its traffic type, then the deployment's.
+//! 2. its agent's setting for its `messageTrafficType`, then the
+//!    deployment's setting for that traffic type;
+//! 3. its agent's general setting, then the deployment's.
 //!
-//! An agent's explicit choice thus beats the deployment's per-type defaults
-//! (which ship as: AUTHENTICATION sends the SMS when uncertain, as Google
-//! advises for one-time codes; PROMOTION skips it and keeps quiet at night).
+//! The traffic type comes first because both trade-offs are about urgency:
+//! an agent that sets quiet hours for all its traffic must not thereby hold
+//! back one-time codes at night. The deployment's per-type defaults ship as:
+//! AUTHENTICATION sends the SMS when uncertain, as Google advises for
+//! one-time codes, and never keeps quiet; PROMOTION skips it and keeps quiet
+//! at night.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -194,8 +198,8 @@ pub fn resolve(
     let levels = [
         message,
         &agent_type,
-        &agent.all,
         &deployment_type,
+        &agent.all,
         &deployment.all,
     ];
     Resolved {
@@ -236,7 +240,7 @@ mod tests {
             traffic: HashMap::from([
                 (
                     TrafficType::Authentication,
-                    says(Some(OnUncertain::SendSms), None),
+                    says(Some(OnUncertain::SendSms), Some(QuietSetting::Off)),
                 ),
                 (
                     TrafficType::Promotion,
@@ -276,10 +280,15 @@ mod tests {
         assert_eq!(promo.on_uncertain, OnUncertain::Skip);
         assert_eq!(promo.quiet_hours, Some(rule("21:00")));
 
-        // The agent's own default beats the deployment's per-type one...
+        // An agent's general settings do not reach the traffic types the
+        // deployment says something about: its quiet hours do not hold back
+        // one-time codes...
         let agent = PolicyDefaults {
-            all: says(Some(OnUncertain::Skip), Some(QuietSetting::Off)),
-            traffic: HashMap::new(),
+            all: says(
+                Some(OnUncertain::SendSms),
+                Some(QuietSetting::Rule(rule("22:00"))),
+            ),
+            traffic: HashMap::from([(TrafficType::Promotion, says(None, Some(QuietSetting::Off)))]),
         };
         let r = resolve(
             &none,
@@ -288,7 +297,21 @@ mod tests {
             Some(TrafficType::Authentication),
             WINDOW,
         );
-        assert_eq!(r.on_uncertain, OnUncertain::Skip);
+        assert_eq!(
+            (r.on_uncertain, r.quiet_hours),
+            (OnUncertain::SendSms, None)
+        );
+        // ...but do reach the others.
+        let r = resolve(
+            &none,
+            &agent,
+            &shipped(),
+            Some(TrafficType::Transaction),
+            WINDOW,
+        );
+        assert_eq!(r.on_uncertain, OnUncertain::SendSms);
+        assert_eq!(r.quiet_hours, Some(rule("22:00")));
+        // The agent's per-type word beats the deployment's.
         let r = resolve(
             &none,
             &agent,
@@ -297,6 +320,7 @@ mod tests {
             WINDOW,
         );
         assert_eq!(r.quiet_hours, None, "the agent lifted the quiet hours");
+        assert_eq!(r.on_uncertain, OnUncertain::Skip);
 
         // ...and the message beats everything, one setting at a time.
         let message = PolicyOverrides {

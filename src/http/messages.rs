@@ -23,7 +23,9 @@ use super::openapi::{
 use super::AppState;
 use crate::config::bare_agent_id;
 use crate::domain::policy::{self, PolicyOverrides, QuietSetting, TrafficType};
-use crate::domain::{rbm_content, sms_text, Input, Phone, State as MsgState, Verdict};
+use crate::domain::{
+    rbm_content, sms_text, Input, Phone, State as MsgState, Verdict, RCS_TTL_MARGIN,
+};
 use crate::store::{Caller, Deadline, EventRow, MessageRow, NewMessage, Registered, StoreError};
 
 pub const MAX_SMS_CHARS: usize = 1600;
@@ -37,7 +39,7 @@ const MAX_PAGE: i64 = 500;
 /// - **track**: the agent has sent the RBM message itself; `message_id` is
 ///   the `messageId` it used.
 /// - **send**: with an `rcs` object, rbm-fallback sends the RBM message
-///   itself (Google's TTL set to the deadline) and takes it from there; a
+///   itself (Google's TTL just after the deadline) and takes it from there; a
 ///   phone Google cannot reach over RCS gets the SMS at once.
 ///
 /// Give exactly one of `deadline` and `revoke_after_secs`, or neither if the
@@ -84,7 +86,8 @@ pub struct CreateMessage {
     )]
     pub message_id: Option<String>,
     /// When to revoke the RCS if it is not delivered: RFC 3339, in the
-    /// future, at most `fallback.max_deadline_secs` ahead.
+    /// future, at most `fallback.max_deadline_secs` ahead (in send mode at
+    /// most 15 days less 30 s: Google's TTL limit).
     #[serde(default)]
     #[schema(format = DateTime)]
     pub deadline: Option<String>,
@@ -118,7 +121,7 @@ pub struct CreateMessage {
 
 /// The RBM message rbm-fallback sends in send mode: the fields of the RBM
 /// API's AgentMessage that the agent chooses. rbm-fallback sets
-/// `expireTime` to the deadline itself, so neither `ttl` nor `expireTime`
+/// `expireTime` from the deadline itself, so neither `ttl` nor `expireTime`
 /// may be given.
 #[derive(ToSchema)]
 #[allow(dead_code, non_snake_case)]
@@ -486,7 +489,11 @@ fn validate(
 
     // Google's TTL caps how far ahead a message it sends may expire.
     let max = if send_mode {
-        state.settings.fallback.max_deadline.min(MAX_RBM_TTL)
+        state
+            .settings
+            .fallback
+            .max_deadline
+            .min(MAX_RBM_TTL - RCS_TTL_MARGIN)
     } else {
         state.settings.fallback.max_deadline
     };
@@ -720,7 +727,9 @@ fn validate_rcs(rcs: &serde_json::Value) -> Result<Option<TrafficType>, ApiError
         return Err(ApiError::invalid("rcs", "must not contain NUL characters"));
     }
     match fields.get("messageTrafficType") {
-        None => Ok(None),
+        // Google's own ways of saying "none".
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(serde_json::Value::String(t)) if t == "MESSAGE_TRAFFIC_TYPE_UNSPECIFIED" => Ok(None),
         Some(serde_json::Value::String(t)) => TrafficType::parse(t).map(Some).ok_or_else(|| {
             ApiError::invalid(
                 "rcs.messageTrafficType",

@@ -232,23 +232,17 @@ fn scenarios(confirm_window: Duration) -> Vec<Scenario> {
                 far,
             )
         },
-        // Two contents in one message: Google answers 400 and no SMS can
-        // stand in for a message that was wrong from the start.
+        // Content the device cannot show: Google answers 400, and no SMS
+        // can stand in for a message that was wrong from the start.
         Scenario {
-            mode: Mode::Send {
-                rcs: json!({
-                    "contentMessage": { "text": "Your receipt", "fileName": "receipt.pdf" },
-                    "messageTrafficType": "TRANSACTION",
-                }),
-            },
             state: "failed",
             outcome: "none",
             events: &["rcs_rejected"],
             sms: 0,
             ..Scenario::send(
-                "content refused by Google",
+                "content refused by Google (400)",
                 "TRANSACTION",
-                PhoneBehaviour::Offline,
+                PhoneBehaviour::ContentUnsupported,
                 far,
             )
         },
