@@ -11,7 +11,7 @@
 //! process on top of it; [`ServiceProcess`] runs one as a child OS process
 //! (`rbm-fallback serve`), for SIGKILL and for several replicas.
 
-mod demo;
+pub mod demo;
 mod process;
 
 use std::collections::HashMap;
