@@ -43,6 +43,8 @@ async fn check(scenario: Scenario, cfg: Config) {
     let _one_at_a_time = SERIAL.lock().await;
     let rows = run_scenario(scenario, &cfg).await;
     let shown = table(&rows);
+    // Shown with --nocapture.
+    println!("{shown}");
     for r in &rows {
         assert!(r.skipped.is_none(), "{shown}");
         assert!(r.passed(), "seed {}:\n{shown}", cfg.seed);

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SubsecRound, Utc};
 use rand::rngs::StdRng;
 use rand::Rng;
 use serde_json::{json, Value};
@@ -69,6 +69,18 @@ pub enum Class {
     Undeliverable,
     /// Offline; Twilio refuses the number (21211).
     InvalidNumber,
+    /// Send mode (the service sends the RBM message, TTL at the deadline):
+    /// online, delivered (DELIVERED, then READ) well before the deadline.
+    SendOnline,
+    /// Send mode, offline: Google's expiry at the deadline races the
+    /// service's revoke, so its TTL_EXPIRATION_REVOKED often decides.
+    SendOffline,
+    /// Send mode, a phone without RCS: Google answers the send 404.
+    SendNotRcs,
+    /// Send mode, AUTHENTICATION traffic (`on_uncertain = send_sms`):
+    /// online, with a DELIVERED and no READ, so a dropped DELIVERED leaves
+    /// nothing to prove the arrival.
+    SendAuthOnline,
 }
 
 impl Class {
@@ -85,12 +97,30 @@ impl Class {
             Class::RaceAfter => "DELIVERED after the confirm window",
             Class::Undeliverable => "SMS undeliverable",
             Class::InvalidNumber => "number refused by Twilio",
+            Class::SendOnline => "send mode, online",
+            Class::SendOffline => "send mode, offline",
+            Class::SendNotRcs => "send mode, no RCS (404)",
+            Class::SendAuthOnline => "send mode, AUTHENTICATION, online",
+        }
+    }
+
+    /// The service sends the RBM message itself (the request has `rcs`).
+    pub fn send_mode(self) -> bool {
+        self.traffic_type().is_some()
+    }
+
+    /// `rcs.messageTrafficType` of a send-mode message.
+    fn traffic_type(self) -> Option<&'static str> {
+        match self {
+            Class::SendOnline | Class::SendOffline | Class::SendNotRcs => Some("TRANSACTION"),
+            Class::SendAuthOnline => Some("AUTHENTICATION"),
+            _ => None,
         }
     }
 
     fn phone(self, t: &Timing) -> PhoneBehaviour {
         match self {
-            Class::OnlineEarly => PhoneBehaviour::Online {
+            Class::OnlineEarly | Class::SendOnline => PhoneBehaviour::Online {
                 delay: t.online_delay,
                 read_after: Some(t.online_delay / 2),
             },
@@ -98,11 +128,17 @@ impl Class {
                 delay: Duration::ZERO,
                 read_after: None,
             },
+            Class::SendAuthOnline => PhoneBehaviour::Online {
+                delay: t.online_delay,
+                read_after: None,
+            },
             Class::Offline
             | Class::OfflineTtl
             | Class::TtlAtDeadline
             | Class::Undeliverable
-            | Class::InvalidNumber => PhoneBehaviour::Offline,
+            | Class::InvalidNumber
+            | Class::SendOffline => PhoneBehaviour::Offline,
+            Class::SendNotRcs => PhoneBehaviour::NotRcs,
             Class::TtlRevokeFails => PhoneBehaviour::TtlRevokeFails,
             Class::TtlRace => PhoneBehaviour::TtlRace {
                 delay: t.window / 5,
@@ -141,7 +177,7 @@ impl Class {
 /// Shares of each class in a run (weights, not necessarily summing to 100).
 pub type Mix = &'static [(Class, u32)];
 
-/// Every behaviour at once.
+/// Every behaviour at once; a quarter of the messages in send mode.
 pub const FULL_MIX: Mix = &[
     (Class::OnlineEarly, 20),
     (Class::OnlineInstant, 5),
@@ -154,18 +190,28 @@ pub const FULL_MIX: Mix = &[
     (Class::RaceAfter, 5),
     (Class::Undeliverable, 4),
     (Class::InvalidNumber, 4),
+    (Class::SendOnline, 10),
+    (Class::SendOffline, 10),
+    (Class::SendNotRcs, 6),
+    (Class::SendAuthOnline, 7),
 ];
 
-/// Where the SMS is at stake.
+/// Where the SMS is at stake; a quarter in send mode.
 pub const SMS_MIX: Mix = &[
     (Class::Offline, 75),
     (Class::Undeliverable, 10),
     (Class::RaceAfter, 10),
     (Class::InvalidNumber, 5),
+    (Class::SendOffline, 20),
+    (Class::SendNotRcs, 13),
 ];
 
 /// Messages that all need their revoke and their SMS.
 pub const OFFLINE_MIX: Mix = &[(Class::Offline, 1)];
+
+/// As [`OFFLINE_MIX`], a quarter in send mode: the send itself meets the
+/// outage, or the SMS does.
+pub const OUTAGE_MIX: Mix = &[(Class::Offline, 3), (Class::SendOffline, 1)];
 
 /// One message, decided before it is sent.
 #[derive(Clone, Debug)]
@@ -282,14 +328,27 @@ pub async fn register(
     rig.twilio.set_recipient(&p.phone, p.class.recipient());
     let ttl = p.class.ttl(p.deadline_in, t);
     let sent_at = Utc::now();
-    let deadline = sent_at + chrono::TimeDelta::from_std(p.deadline_in)?;
-    rig.google.agent_send(&p.phone, &p.message_id, ttl);
-    let body = json!({
+    // Whole milliseconds, as sent: Google's expireTime must equal it.
+    let deadline = (sent_at + chrono::TimeDelta::from_std(p.deadline_in)?).trunc_subsecs(3);
+    let code = &p.message_id[..8];
+    let mut body = json!({
         "phone": p.phone,
         "message_id": p.message_id,
         "deadline": deadline.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-        "sms": { "body": format!("Your code is {}", &p.message_id[..8]) },
+        "sms": { "body": format!("Your code is {code}") },
     });
+    match p.class.traffic_type() {
+        // Send mode: the service sends it, so the agent does not.
+        Some(traffic) => {
+            body["rcs"] = json!({
+                "contentMessage": { "text": format!("Your code is {code}") },
+                "messageTrafficType": traffic,
+            });
+        }
+        None => {
+            rig.google.agent_send(&p.phone, &p.message_id, ttl);
+        }
+    }
     let mut tracked = Tracked {
         class: p.class,
         message_id: p.message_id.clone(),
@@ -485,6 +544,35 @@ pub struct Ground {
     deletes: HashMap<String, Vec<Delete>>,
     /// Webhook tries per message.
     webhooks: HashMap<String, Vec<WebhookTry>>,
+    /// The service's sends of RBM messages, per phone (each message has a
+    /// phone of its own, so a phone's sends should all carry its id).
+    sends: HashMap<String, Vec<Send>>,
+    /// Messages Google holds: a send of them was carried out with a 200,
+    /// whether or not the answer reached the service.
+    at_google: HashSet<String>,
+}
+
+/// The sends of a run's send-mode messages, as Google saw them.
+#[derive(Debug, Default)]
+pub struct SendCounts {
+    pub messages: usize,
+    /// Messages Google holds (a send carried out with a 200).
+    pub at_google: usize,
+    pub sends: usize,
+    /// Sends answered 404 (phones without RCS).
+    pub not_found: usize,
+    /// Sends whose answer a fault kept from the service.
+    pub lost: usize,
+}
+
+/// One send of an RBM message as Google saw it.
+struct Send {
+    message_id: String,
+    received: DateTime<Utc>,
+    status: u16,
+    lost: bool,
+    expire_time: Option<String>,
+    traffic_type: Option<String>,
 }
 
 /// One try of a webhook: when, its event type, the status answered.
@@ -549,7 +637,24 @@ impl Ground {
                 .or_default()
                 .push((a.at, a.event_type, a.status));
         }
+        let mut sends: HashMap<String, Vec<Send>> = HashMap::new();
+        let mut at_google = HashSet::new();
+        for r in rig.google.sends() {
+            if r.status == 200 {
+                at_google.insert(r.message_id.clone());
+            }
+            sends.entry(r.phone).or_default().push(Send {
+                message_id: r.message_id,
+                received: r.received_at,
+                status: r.status,
+                lost: r.answer_lost,
+                expire_time: r.expire_time,
+                traffic_type: r.traffic_type,
+            });
+        }
         Ground {
+            sends,
+            at_google,
             webhooks,
             sms_to,
             delivered_told,
@@ -561,6 +666,27 @@ impl Ground {
 
     pub fn sms_count(&self, phone: &str) -> usize {
         self.sms_to.get(phone).copied().unwrap_or(0)
+    }
+
+    /// What Google saw of the sends of the send-mode messages in `tracked`.
+    pub fn send_counts(&self, tracked: &[Tracked]) -> SendCounts {
+        let mut n = SendCounts::default();
+        for t in tracked.iter().filter(|t| t.class.send_mode()) {
+            n.messages += 1;
+            n.at_google += usize::from(self.at_google.contains(&t.message_id));
+            for s in self.sends.get(&t.phone).into_iter().flatten() {
+                n.sends += 1;
+                n.not_found += usize::from(s.status == 404);
+                n.lost += usize::from(s.lost);
+            }
+        }
+        n
+    }
+
+    fn revoked_ok(&self, message_id: &str) -> bool {
+        self.deletes
+            .get(message_id)
+            .is_some_and(|ds| ds.iter().any(|d| d.status == 200))
     }
 }
 
@@ -611,6 +737,11 @@ pub fn expect(t: &Tracked, g: &Ground, trouble: Trouble) -> Expect {
     // expired message: read as delivered unless an earlier revoke may have
     // removed it, then the SMS goes out.
     const UNTOLD: Expect = Expect::Either(&["rcs", "sms"]);
+    if t.class.send_mode() && !g.at_google.contains(&t.message_id) {
+        // No send ever took effect (refused, failed, or the deadline came
+        // first): the phone cannot have it, and the SMS goes.
+        return Expect::Exactly("sms");
+    }
     match t.class {
         Class::Offline => Expect::Exactly("sms"),
         Class::InvalidNumber => Expect::Exactly("none"),
@@ -639,6 +770,20 @@ pub fn expect(t: &Tracked, g: &Ground, trouble: Trouble) -> Expect {
         }
         Class::RaceAfter if told_delivered => Expect::Exactly("both"),
         Class::RaceAfter => Expect::Exactly("sms"),
+        // Google answers 404 and stores nothing.
+        Class::SendNotRcs => Expect::Exactly("sms"),
+        Class::SendOnline if told_delivered => Expect::Exactly("rcs"),
+        // As a tracked message: a 404 without a DELIVERED reads as
+        // delivered under `skip`, unless an earlier DELETE was in doubt.
+        Class::SendOnline => UNTOLD,
+        Class::SendAuthOnline if told_delivered => Expect::Exactly("rcs"),
+        // Nothing proves the arrival, and `send_sms` sends it.
+        Class::SendAuthOnline => Expect::Exactly("sms"),
+        // Revoked by the service, or Google said its TTL removed it.
+        Class::SendOffline if told_ttl || g.revoked_ok(&t.message_id) => Expect::Exactly("sms"),
+        // Google's expiry won the race and its TTL_EXPIRATION_REVOKED was
+        // dropped: the 404 reads as delivered under `skip`.
+        Class::SendOffline => UNTOLD,
     }
 }
 
@@ -660,6 +805,8 @@ pub struct Judgement {
     /// Undetermined messages that ended `rcs` although no DELIVERED reached
     /// the service and the phone never got the RCS (its TTL expired).
     pub untold_expiries: usize,
+    /// Send-mode messages: actual outcomes by class.
+    pub send_outcomes: BTreeMap<Class, BTreeMap<String, usize>>,
 }
 
 const DELIVERED_KINDS: [&str; 3] = ["rcs_delivered", "rcs_read", "ttl_revoke_failed"];
@@ -689,20 +836,29 @@ pub fn judge(
             continue;
         };
         let settled = !UNSETTLED.contains(&o.state.as_str());
-        *j.actual
-            .entry(if settled {
-                o.outcome.clone()
-            } else {
-                "unsettled".into()
-            })
-            .or_default() += 1;
+        let actual = if settled {
+            o.outcome.clone()
+        } else {
+            "unsettled".into()
+        };
+        if t.class.send_mode() {
+            *j.send_outcomes
+                .entry(t.class)
+                .or_default()
+                .entry(actual.clone())
+                .or_default() += 1;
+        }
+        *j.actual.entry(actual).or_default() += 1;
         if !settled || !want.allows(&o.outcome) {
             j.lost.push(i);
             *j.lost_by_class.entry(t.class).or_default() += 1;
         }
         if matches!(want, Expect::Either(_))
             && o.outcome == "rcs"
-            && matches!(t.class, Class::OfflineTtl | Class::TtlAtDeadline)
+            && matches!(
+                t.class,
+                Class::OfflineTtl | Class::TtlAtDeadline | Class::SendOffline
+            )
         {
             j.untold_expiries += 1;
         }
@@ -736,6 +892,9 @@ pub fn judge(
                     .push((i, "SMS sent after a DELIVERED that came first".into()));
             }
         }
+        for v in send_violations(t, o, g, trouble) {
+            j.violations.push((i, v));
+        }
         if let Some(ds) = g.deletes.get(&t.message_id) {
             let ok = ds.iter().filter(|d| d.status == 200).count();
             if ok > 1 {
@@ -754,6 +913,70 @@ pub fn judge(
         }
     }
     j
+}
+
+/// What send mode promises about one message, against what Google saw:
+/// only send-mode messages are sent, every send of a message carries its
+/// id, its traffic type and its deadline as `expireTime`, and a phone that
+/// Google answered 404 gets its SMS at once, without any DELETE.
+fn send_violations(t: &Tracked, o: &Observed, g: &Ground, trouble: Trouble) -> Vec<String> {
+    let mut out = Vec::new();
+    let sends = g.sends.get(&t.phone).map(Vec::as_slice).unwrap_or_default();
+    let Some(traffic) = t.class.traffic_type() else {
+        if !sends.is_empty() {
+            out.push(format!(
+                "{} sends to Google for a message the agent sent itself",
+                sends.len()
+            ));
+        }
+        return out;
+    };
+    let mut ids: Vec<&str> = sends.iter().map(|s| s.message_id.as_str()).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    if ids.iter().any(|id| *id != t.message_id) {
+        out.push(format!("sent to Google under the ids {}", ids.join(", ")));
+    }
+    for s in sends {
+        let expires = s
+            .expire_time
+            .as_deref()
+            .and_then(|e| DateTime::parse_from_rfc3339(e).ok());
+        if expires.is_none_or(|e| e != t.deadline) {
+            out.push(format!(
+                "a send's expireTime {:?} is not the deadline",
+                s.expire_time
+            ));
+        }
+        if s.traffic_type.as_deref() != Some(traffic) {
+            out.push(format!(
+                "a send's traffic type {:?} is not {traffic}",
+                s.traffic_type
+            ));
+        }
+    }
+    if t.class == Class::SendNotRcs {
+        let kinds: Vec<&str> = o.events.iter().map(|(_, k)| k.as_str()).collect();
+        // Only a deadline that came before any answer leaves the service
+        // unsure whether Google holds it, and then it must revoke.
+        let expired = kinds.contains(&"rcs_send_expired");
+        let deletes = g.deletes.get(&t.message_id).map_or(0, Vec::len);
+        if deletes > 0 && !expired {
+            out.push(format!("{deletes} DELETEs for a phone Google answered 404"));
+        }
+        if !expired && !kinds.contains(&"rcs_unreachable") {
+            out.push("Google's 404 never reached the history".into());
+        }
+        let first_sms = o
+            .events
+            .iter()
+            .find(|(_, k)| k == "sms_attempt")
+            .map(|(at, _)| *at);
+        if !trouble.disruptions && !expired && first_sms.is_none_or(|at| at > t.deadline) {
+            out.push("the SMS for a phone Google answered 404 waited for the deadline".into());
+        }
+    }
+    out
 }
 
 /// One message's story, for a report: class, expectation, outcome, SMS
@@ -795,10 +1018,27 @@ pub fn describe(t: &Tracked, o: Option<&Observed>, g: &Ground, trouble: Trouble)
             ));
             let micros = |t: &DateTime<Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
             s.push_str(&format!(
-                "\n      {} (agent) RCS sent; registration answered at {}",
+                "\n      {} (agent) {}; registration answered at {}",
                 micros(&t.sent_at),
+                if t.class.send_mode() {
+                    "registration sent"
+                } else {
+                    "RCS sent"
+                },
                 micros(&t.registered_at)
             ));
+            for send in g.sends.get(&t.phone).into_iter().flatten() {
+                s.push_str(&format!(
+                    "\n      {} (Google) send of {} {}{}",
+                    micros(&send.received),
+                    send.message_id,
+                    match send.status {
+                        0 => "not carried out".to_owned(),
+                        st => format!("answered {st}"),
+                    },
+                    if send.lost { " (answer lost)" } else { "" }
+                ));
+            }
             for (at, kind, status) in g.webhooks.get(&t.message_id).into_iter().flatten() {
                 let status = status.map_or("no answer".to_owned(), |s| s.to_string());
                 let at = at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
@@ -823,3 +1063,7 @@ pub fn describe(t: &Tracked, o: Option<&Observed>, g: &Ground, trouble: Trouble)
     }
     s
 }
+
+#[cfg(test)]
+#[path = "population_tests.rs"]
+mod tests;

@@ -15,7 +15,7 @@ use tokio::time::Instant;
 use super::monitor::{self, Claim, ReadyWatch};
 use super::population::{
     self, describe, judge, Endpoints, Ground, Judgement, Mix, Observed, Planned, Timing, Tracked,
-    Trouble, FULL_MIX, OFFLINE_MIX, SMS_MIX,
+    Trouble, FULL_MIX, OFFLINE_MIX, OUTAGE_MIX, SMS_MIX,
 };
 use super::{Config, Report};
 use crate::emulator::{parse_faults, GoogleFaults, TwilioFaults};
@@ -390,6 +390,27 @@ fn report(
         r.notes
             .push(format!("lost by phone behaviour: {}", by.join("; ")));
     }
+    let sends = ground.send_counts(tracked);
+    if sends.messages > 0 {
+        let by: Vec<String> = j
+            .send_outcomes
+            .iter()
+            .map(|(c, outcomes)| {
+                let o: Vec<String> = outcomes.iter().map(|(k, n)| format!("{k} {n}")).collect();
+                format!("{} {}", c.name(), o.join(" "))
+            })
+            .collect();
+        r.notes.push(format!(
+            "{} messages in send mode ({}): {} sends to Google ({} answered 404, {} answers \
+             lost), {} messages held by Google",
+            sends.messages,
+            by.join("; "),
+            sends.sends,
+            sends.not_found,
+            sends.lost,
+            sends.at_google
+        ));
+    }
     if j.untold_expiries > 0 {
         r.notes.push(format!(
             "{} message(s) whose TTL expired ended rcs: Google's TTL_EXPIRATION_REVOKED never \
@@ -466,6 +487,7 @@ fn takeovers(
             continue;
         };
         let same_step = match c.state.as_str() {
+            "rcs_sending" => kind == "rcs_send_attempt",
             "revoking" => kind == "revoke_attempt",
             "sms_sending" => kind == "sms_attempt",
             _ => false,
@@ -1016,7 +1038,7 @@ async fn outage(cfg: &Config, scale: &Scale) -> anyhow::Result<Vec<Report>> {
             let planned = population::plan(
                 per_phase,
                 1 + phase * per_phase,
-                OFFLINE_MIX,
+                OUTAGE_MIX,
                 &[],
                 &t,
                 &mut s.rng,
