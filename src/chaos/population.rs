@@ -12,6 +12,7 @@ use rand::rngs::StdRng;
 use rand::Rng;
 use serde_json::{json, Value};
 
+use crate::domain::RCS_TTL_MARGIN;
 use crate::emulator::google::PhoneBehaviour;
 use crate::emulator::twilio::RecipientBehaviour;
 use crate::sandbox::Rig;
@@ -917,7 +918,8 @@ pub fn judge(
 
 /// What send mode promises about one message, against what Google saw:
 /// only send-mode messages are sent, every send of a message carries its
-/// id, its traffic type and its deadline as `expireTime`, and a phone that
+/// id, its traffic type and its deadline plus [`RCS_TTL_MARGIN`] as
+/// `expireTime`, and a phone that
 /// Google answered 404 gets its SMS at once, without any DELETE.
 fn send_violations(t: &Tracked, o: &Observed, g: &Ground, trouble: Trouble) -> Vec<String> {
     let mut out = Vec::new();
@@ -942,9 +944,10 @@ fn send_violations(t: &Tracked, o: &Observed, g: &Ground, trouble: Trouble) -> V
             .expire_time
             .as_deref()
             .and_then(|e| DateTime::parse_from_rfc3339(e).ok());
-        if expires.is_none_or(|e| e != t.deadline) {
+        let expected = t.deadline + chrono::TimeDelta::from_std(RCS_TTL_MARGIN).unwrap_or_default();
+        if expires.is_none_or(|e| e != expected) {
             out.push(format!(
-                "a send's expireTime {:?} is not the deadline",
+                "a send's expireTime {:?} is not the deadline plus the TTL margin",
                 s.expire_time
             ));
         }

@@ -40,7 +40,8 @@ fn send(id: &str, status: u16, traffic: &str) -> Send {
         received: deadline() - chrono::TimeDelta::seconds(2),
         status,
         lost: false,
-        expire_time: Some("2026-11-22T15:00:00.250Z".into()),
+        // The deadline plus the 30 s TTL margin.
+        expire_time: Some("2026-11-22T15:00:30.250Z".into()),
         traffic_type: Some(traffic.into()),
     }
 }
