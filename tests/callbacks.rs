@@ -115,9 +115,13 @@ async fn an_sms_fallback_calls_back_each_status_and_the_outcome() {
     let id = h.send_and_register(phone, 300).await;
     h.wait_state(&id, "sms_delivered").await;
 
+    // Callbacks are delivered concurrently, so in any order: wait for both.
     let got = receiver
-        .wait("the outcome", |all| {
+        .wait("the outcome and the delivered status", |all| {
             !of_type(all, "message.outcome").is_empty()
+                && of_type(all, "message.sms_status")
+                    .iter()
+                    .any(|r| r.json()["data"]["sms_status"] == "delivered")
         })
         .await;
     for r in &got {
