@@ -87,8 +87,9 @@ pub struct Options {
     #[arg(long, value_name = "N")]
     pub limited_burst: Option<u64>,
     /// Deadline stream of messages Google does not know: each DELETE is
-    /// answered 404 and ends the message (no confirm window, no SMS), which
-    /// isolates the scheduler from the rest of the fallback.
+    /// answered 404 and the message ends one confirm window later without an
+    /// SMS (one more claim, no other call), which isolates the scheduler
+    /// from the rest of the fallback.
     #[arg(long)]
     pub revoke_only: bool,
     /// A service setting by environment name (repeatable), e.g.
