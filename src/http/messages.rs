@@ -787,12 +787,20 @@ pub async fn create(
         None => {}
     }
     match state.writes.registrations.submit(new.clone()).await? {
-        Registered::Created(m) => {
+        (Registered::Created(m), Some(events)) => {
+            tracing::info!(message_id = %m.message_id, deadline = %m.deadline, "registered");
+            let confirm_window = state.settings.fallback.confirm_window;
+            Ok((
+                StatusCode::CREATED,
+                Json(MessageResource::new(m, Some(events), confirm_window)),
+            ))
+        }
+        (Registered::Created(m), None) => {
             tracing::info!(message_id = %m.message_id, deadline = %m.deadline, "registered");
             Ok((StatusCode::CREATED, with_history(&state, m).await?))
         }
-        Registered::Existing(m) => Ok((StatusCode::OK, with_history(&state, m).await?)),
-        Registered::Conflict => Err(ApiError::Conflict {
+        (Registered::Existing(m), _) => Ok((StatusCode::OK, with_history(&state, m).await?)),
+        (Registered::Conflict, _) => Err(ApiError::Conflict {
             code: "message_id_conflict",
             message: format!(
                 "message {} is already registered with different content",

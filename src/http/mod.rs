@@ -28,7 +28,9 @@ use tower_http::trace::TraceLayer;
 use crate::config::Settings;
 use crate::domain::Policy;
 use crate::store::batch::Batcher;
-use crate::store::{Applied, Ingested, NewMessage, OutsideInput, RbmEvent, Registered, Store};
+use crate::store::{
+    Applied, EventRow, Ingested, NewMessage, OutsideInput, RbmEvent, Registered, Store,
+};
 use error::ApiError;
 use extract::BodyLimit;
 
@@ -65,7 +67,8 @@ impl AppState {
 /// rate. Each request is still answered only once its write is committed.
 #[derive(Clone)]
 pub struct Writes {
-    pub registrations: Batcher<NewMessage, Registered>,
+    /// Answered with the history of what they created, read in the batch.
+    pub registrations: Batcher<NewMessage, (Registered, Option<Vec<EventRow>>)>,
     pub rbm_events: Batcher<RbmEvent, Ingested>,
     pub sms_statuses: Batcher<OutsideInput, Option<Applied>>,
 }
@@ -80,7 +83,7 @@ impl Writes {
         let registrations =
             Batcher::start(GROUP_MAX, GROUP_FLUSHES, move |batch: Vec<NewMessage>| {
                 let s = s.clone();
-                async move { s.register_batch(&batch, &policy).await }
+                async move { s.register_batch_with_history(&batch, &policy).await }
             });
         let s = store.clone();
         let rbm_events = Batcher::start(GROUP_MAX, GROUP_FLUSHES, move |batch: Vec<RbmEvent>| {

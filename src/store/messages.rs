@@ -1,5 +1,7 @@
 //! Registering, reading and listing messages.
 
+use std::collections::HashMap;
+
 use chrono::{DateTime, Utc};
 
 use sqlx::PgConnection;
@@ -152,6 +154,32 @@ impl Store {
         batch: &[NewMessage],
         policy: &Policy,
     ) -> Result<Vec<Registered>, StoreError> {
+        Ok(self
+            .register_batch_with(batch, policy, false)
+            .await?
+            .into_iter()
+            .map(|(r, _)| r)
+            .collect())
+    }
+
+    /// As [`Store::register_batch`], with the history of each message it
+    /// created: read in the batch's own transaction, one statement for the
+    /// whole batch, so that single registrations can be answered with their
+    /// history without a query each.
+    pub async fn register_batch_with_history(
+        &self,
+        batch: &[NewMessage],
+        policy: &Policy,
+    ) -> Result<Vec<(Registered, Option<Vec<EventRow>>)>, StoreError> {
+        self.register_batch_with(batch, policy, true).await
+    }
+
+    async fn register_batch_with(
+        &self,
+        batch: &[NewMessage],
+        policy: &Policy,
+        histories: bool,
+    ) -> Result<Vec<(Registered, Option<Vec<EventRow>>)>, StoreError> {
         if batch.is_empty() {
             return Ok(Vec::new());
         }
@@ -250,6 +278,11 @@ impl Store {
         .fetch_all(&mut *tx)
         .await?;
         let created = self.apply_early_events(&mut tx, created, policy).await?;
+        let mut history = if histories && !created.is_empty() {
+            histories_of(&mut tx, created.iter().map(|m| m.id).collect()).await?
+        } else {
+            HashMap::new()
+        };
         let soonest = created.iter().filter_map(|m| m.due_at).min();
         let due_in = soonest.map(|d| (d - Utc::now()).to_std().unwrap_or_default());
         self.announce(&mut tx, due_in).await?;
@@ -285,15 +318,17 @@ impl Store {
                 // A second item with the same id in one batch sees the first.
                 if let Some(row) = by_id.remove(&m.message_id) {
                     existing.insert(m.message_id.clone(), row.clone());
-                    return Registered::Created(row);
+                    let events = history.remove(&row.id);
+                    return (Registered::Created(row), events);
                 }
-                match existing.get(&m.message_id) {
+                let registered = match existing.get(&m.message_id) {
                     Some(row) if row.request_digest == m.request_digest => {
                         Registered::Existing(row.clone())
                     }
                     // Taken by different content (or, at worst, pruned in between).
                     _ => Registered::Conflict,
-                }
+                };
+                (registered, None)
             })
             .collect())
     }
@@ -414,4 +449,29 @@ impl Store {
             next_after,
         })
     }
+}
+
+/// The histories of these messages, each in order, in one statement.
+async fn histories_of(
+    conn: &mut PgConnection,
+    ids: Vec<i64>,
+) -> Result<HashMap<i64, Vec<EventRow>>, StoreError> {
+    let rows = sqlx::query!(
+        "SELECT message_id, at, kind, state_before, state_after, detail
+         FROM message_events WHERE message_id = ANY($1) ORDER BY message_id, id",
+        &ids
+    )
+    .fetch_all(conn)
+    .await?;
+    let mut out: HashMap<i64, Vec<EventRow>> = HashMap::new();
+    for r in rows {
+        out.entry(r.message_id).or_default().push(EventRow {
+            at: r.at,
+            kind: r.kind,
+            state_before: r.state_before,
+            state_after: r.state_after,
+            detail: r.detail,
+        });
+    }
+    Ok(out)
 }
