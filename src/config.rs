@@ -268,25 +268,13 @@ impl Settings {
     /// Only the telemetry settings: logging is set up before anything else
     /// is loaded.
     pub fn load_telemetry(file: Option<&Path>) -> Result<TelemetrySettings, ConfigError> {
-        let mut tree = layered(file, &|name| std::env::var(name).ok())?;
-        let raw: RawTelemetry = deserialize(
-            tree.remove("telemetry")
-                .unwrap_or_else(|| toml::Table::new().into()),
-            Some("telemetry"),
-        )?;
-        raw.validate()
+        load_section::<RawTelemetry>(file, "telemetry")?.validate()
     }
 
     /// Only the database settings, for commands (like `migrate`) that need
     /// nothing else configured.
     pub fn load_database(file: Option<&Path>) -> Result<DatabaseSettings, ConfigError> {
-        let mut tree = layered(file, &|name| std::env::var(name).ok())?;
-        let db: RawDatabase = deserialize(
-            tree.remove("database")
-                .unwrap_or_else(|| toml::Table::new().into()),
-            Some("database"),
-        )?;
-        db.validate()
+        load_section::<RawDatabase>(file, "database")?.validate()
     }
 
     /// The environment a deployment would set to reproduce these settings;
@@ -298,6 +286,19 @@ impl Settings {
             .map(|(name, _, _)| (*name).to_owned())
             .unwrap_or_else(|| format!("RBMF__{}__{}", section.to_uppercase(), key.to_uppercase()))
     }
+}
+
+/// One section of the layered settings, from the process environment.
+fn load_section<T: serde::de::DeserializeOwned>(
+    file: Option<&Path>,
+    section: &str,
+) -> Result<T, ConfigError> {
+    let mut tree = layered(file, &|name| std::env::var(name).ok())?;
+    deserialize(
+        tree.remove(section)
+            .unwrap_or_else(|| toml::Table::new().into()),
+        Some(section),
+    )
 }
 
 /// Defaults, then the file, then the environment, as one TOML tree.

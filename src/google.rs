@@ -202,10 +202,9 @@ impl RbmClient {
         phone: &str,
         message_id: &str,
     ) -> Result<Revoked, CallError> {
-        let started = Instant::now();
-        let result = self.delete(agent_id, phone, message_id).await;
-        self.metrics.outbound("google", "revoke", started, &result);
-        result
+        self.metrics
+            .outbound("google", "revoke", self.delete(agent_id, phone, message_id))
+            .await
     }
 
     /// `POST /v1/phones/{phone}/agentMessages?messageId={id}&agentId={agent}`
@@ -218,10 +217,13 @@ impl RbmClient {
         message_id: &str,
         body: &serde_json::Value,
     ) -> Result<SendAnswer, CallError> {
-        let started = Instant::now();
-        let result = self.send_once(agent_id, phone, message_id, body).await;
-        self.metrics.outbound("google", "send", started, &result);
-        result
+        self.metrics
+            .outbound(
+                "google",
+                "send",
+                self.send_once(agent_id, phone, message_id, body),
+            )
+            .await
     }
 
     async fn send_once(

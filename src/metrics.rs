@@ -257,8 +257,21 @@ impl Metrics {
         self.0.sms.get_or_create(&ResultLabels { result }).inc();
     }
 
-    /// One call to an upstream (`google`, `google_oauth`, `twilio`).
-    pub fn outbound<T>(
+    /// Makes one call to an upstream (`google`, `twilio`), timing it and
+    /// counting its failures by kind.
+    pub async fn outbound<T>(
+        &self,
+        upstream: &'static str,
+        operation: &'static str,
+        call: impl std::future::Future<Output = Result<T, CallError>>,
+    ) -> Result<T, CallError> {
+        let started = Instant::now();
+        let result = call.await;
+        self.record_outbound(upstream, operation, started, &result);
+        result
+    }
+
+    fn record_outbound<T>(
         &self,
         upstream: &'static str,
         operation: &'static str,

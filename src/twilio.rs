@@ -83,10 +83,13 @@ impl TwilioClient {
         from: Option<&str>,
         status_callback: &str,
     ) -> Result<SmsRecord, CallError> {
-        let started = std::time::Instant::now();
-        let result = self.create(to, body, from, status_callback).await;
-        self.metrics.outbound("twilio", "send", started, &result);
-        result
+        self.metrics
+            .outbound(
+                "twilio",
+                "send",
+                self.create(to, body, from, status_callback),
+            )
+            .await
     }
 
     async fn create(
@@ -129,10 +132,9 @@ impl TwilioClient {
         body: &str,
         since: DateTime<Utc>,
     ) -> Result<Option<SmsRecord>, CallError> {
-        let started = std::time::Instant::now();
-        let result = self.list(to, body, since).await;
-        self.metrics.outbound("twilio", "find", started, &result);
-        result
+        self.metrics
+            .outbound("twilio", "find", self.list(to, body, since))
+            .await
     }
 
     async fn list(

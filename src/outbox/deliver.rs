@@ -21,7 +21,7 @@ use super::queue::{self, Delivery};
 use super::signing::{sign, SigningSecret};
 use crate::config::{OutboxSettings, RetentionSettings, Settings};
 use crate::domain::backoff::Backoff;
-use crate::outbound::retry_after;
+use crate::outbound::{error_chain, retry_after};
 
 /// The channel the outbox trigger notifies on commit of new rows.
 const CHANNEL: &str = "rbmf_outbox";
@@ -199,17 +199,6 @@ impl Failure {
             detail: detail.into(),
         }
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
 }
 
 /// Turns other transactions' new rows into wake-ups. A hint only: the claim
