@@ -787,17 +787,19 @@ pub async fn create(
         None => {}
     }
     match state.writes.registrations.submit(new.clone()).await? {
-        (Registered::Created(m), Some(events)) => {
+        (Registered::Created(m), events) => {
             tracing::info!(message_id = %m.message_id, deadline = %m.deadline, "registered");
+            // The batch reads the histories of what it creates; should one be
+            // missing, read it rather than answer without it.
+            let events = match events {
+                Some(events) => events,
+                None => state.store.history(m.id).await?,
+            };
             let confirm_window = state.settings.fallback.confirm_window;
             Ok((
                 StatusCode::CREATED,
                 Json(MessageResource::new(m, Some(events), confirm_window)),
             ))
-        }
-        (Registered::Created(m), None) => {
-            tracing::info!(message_id = %m.message_id, deadline = %m.deadline, "registered");
-            Ok((StatusCode::CREATED, with_history(&state, m).await?))
         }
         (Registered::Existing(m), _) => Ok((StatusCode::OK, with_history(&state, m).await?)),
         (Registered::Conflict, _) => Err(ApiError::Conflict {

@@ -59,96 +59,9 @@ pub struct ListPage {
 }
 
 impl Store {
-    pub async fn register(
-        &self,
-        new: &NewMessage,
-        policy: &Policy,
-    ) -> Result<Registered, StoreError> {
-        let (at, after_secs) = match &new.deadline {
-            Deadline::At(at) => (Some(*at), None),
-            Deadline::After(secs) => (None, Some(*secs)),
-        };
-        let mut tx = self.pool.begin().await?;
-        super::lock_message_keys(
-            &mut tx,
-            std::slice::from_ref(&new.agent_id),
-            std::slice::from_ref(&new.message_id),
-        )
-        .await?;
-        // ON CONFLICT DO NOTHING decides the race between two identical
-        // registrations: exactly one inserts, the other sees the row.
-        let created = sqlx::query_as!(
-            MessageRow,
-            r#"INSERT INTO messages (message_id, agent_id, phone, deadline, sms_body, sms_from,
-                                    metadata, request_digest, state, outcome, due_at, callback_url,
-                                    rcs, traffic_type, on_uncertain, confirm_window_ms, quiet_hours)
-               SELECT $1, $2, $3, d, $6, $7, $8, $9, s.state, 'none',
-                      CASE WHEN s.state = 'pending' THEN d ELSE now() END, $10,
-                      $11, $12, $13, $14, $15
-               FROM (SELECT COALESCE($4::timestamptz, now() + $5::bigint * interval '1 second') AS d) AS dl,
-                    (SELECT CASE
-                         WHEN $11::jsonb IS NULL THEN 'pending'
-                         WHEN EXISTS (SELECT 1 FROM rcs_unreachable u
-                                      WHERE u.agent_id = $2 AND u.phone = $3 AND u.until > now())
-                             THEN 'sms_sending'
-                         ELSE 'rcs_sending' END AS state) AS s
-               ON CONFLICT (message_id) DO NOTHING
-               RETURNING *"#,
-            new.message_id,
-            new.agent_id,
-            new.phone,
-            at,
-            after_secs,
-            new.sms_body,
-            new.sms_from,
-            new.metadata,
-            new.request_digest,
-            new.callback_url,
-            new.rcs,
-            new.traffic_type,
-            new.on_uncertain.as_str(),
-            new.confirm_window_ms,
-            new.quiet_hours,
-        )
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some(row) = created else {
-            tx.rollback().await?;
-            let existing = sqlx::query_as!(
-                MessageRow,
-                "SELECT * FROM messages WHERE message_id = $1",
-                new.message_id
-            )
-            .fetch_one(&self.pool)
-            .await?;
-            return Ok(if existing.request_digest == new.request_digest {
-                Registered::Existing(existing)
-            } else {
-                Registered::Conflict
-            });
-        };
-        let mut detail = serde_json::json!({ "deadline": row.deadline });
-        if row.state == "sms_sending" {
-            detail["note"] = SKIPPED_RCS.into();
-        }
-        super::transitions::append_event(&mut tx, row.id, "registered", None, &row.state, detail)
-            .await?;
-        let due_in = row
-            .due_at
-            .map(|at| (at - Utc::now()).to_std().unwrap_or_default());
-        self.announce(&mut tx, due_in).await?;
-        let row = self
-            .apply_early_events(&mut tx, vec![row], policy)
-            .await?
-            .pop()
-            .expect("one row in, one out");
-        tx.commit().await?;
-        self.poke(due_in);
-        Ok(Registered::Created(row))
-    }
-
-    /// Registers many messages in one transaction: one round trip for the
-    /// rows, one for their first history event. Results are in input order.
+    /// Registers many messages in one transaction, the rows and their first
+    /// history events in one statement; `ON CONFLICT DO NOTHING` decides a
+    /// race between identical registrations. Results are in input order.
     pub async fn register_batch(
         &self,
         batch: &[NewMessage],

@@ -530,17 +530,3 @@ async fn append_events(conn: &mut PgConnection, e: Events) -> Result<(), StoreEr
     .await?;
     Ok(())
 }
-
-/// Appends one event outside the machine (a registration).
-pub(super) async fn append_event(
-    conn: &mut PgConnection,
-    id: i64,
-    kind: &str,
-    state_before: Option<&str>,
-    state_after: &str,
-    detail: serde_json::Value,
-) -> Result<(), StoreError> {
-    let mut e = Events::default();
-    e.push(id, kind, state_before, state_after, detail);
-    append_events(conn, e).await
-}
