@@ -319,15 +319,7 @@ async fn an_agent_s_api_token_acts_only_for_that_agent() {
         .await
         .unwrap();
     assert_eq!(ids(mine), std::slice::from_ref(&b_id));
-    let all: Value =
-        t.h.api
-            .get(t.h.url("/v1/messages"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+    let all: Value = t.h.get_json("/v1/messages").await;
     let all = ids(all);
     assert!(all.contains(&a_id) && all.contains(&b_id), "{all:?}");
 

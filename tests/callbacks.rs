@@ -31,12 +31,7 @@ async fn start_calling_back(default_url: Option<&str>) -> Harness {
             c.env.push(("RBMF_CALLBACK_URL".into(), url));
         }
         c.env.push(("RBMF_CALLBACK_SECRET".into(), secret()));
-        c.env
-            .push(("RBMF__OUTBOX__RETRY_BASE_MS".into(), "50".into()));
-        c.env
-            .push(("RBMF__OUTBOX__RETRY_CAP_MS".into(), "200".into()));
-        c.env
-            .push(("RBMF__OUTBOX__MAX_IDLE_MS".into(), "100".into()));
+        fast_outbox(c);
     })
     .await
 }

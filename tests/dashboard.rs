@@ -62,12 +62,7 @@ async fn dashboard_shows_outcomes_lateness_duplicates_and_stuck_messages() {
     let both = h.send_and_register(both_phone, 100).await;
     h.wait_state(&sms, "sms_delivered").await;
     h.wait_state(&both, "sms_delivered").await;
-    let status =
-        h.s.google
-            .post_event(&google_event(&h, "DELIVERED", both_phone, &both))
-            .await
-            .unwrap();
-    assert_eq!(status, 200);
+    h.google_reports("DELIVERED", both_phone, &both).await;
     h.wait_outcome(&both, "both").await;
 
     let page = dashboard(&h).await;

@@ -1561,12 +1561,7 @@ async fn logs_at_info_and_above_never_show_a_phone_number() {
     h.s.twilio.wait_for_callbacks(2, WAIT).await.unwrap();
     let p3 = "+14155550353";
     let id3 = h.send_and_register(p3, 600_000).await;
-    let status =
-        h.s.google
-            .post_event(&google_event(&h, "DELIVERED", p3, &id3))
-            .await
-            .unwrap();
-    assert_eq!(status, 200);
+    h.google_reports("DELIVERED", p3, &id3).await;
     let retried = async {
         while !kinds(&broken.get(&id1).await)
             .iter()

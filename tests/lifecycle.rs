@@ -208,12 +208,7 @@ async fn ttl_revoked_while_the_delete_is_in_flight_sends_one_sms() {
     let id = h.send_and_register(phone, 100).await;
     h.s.google.wait_for_revoke_arrivals(1, WAIT).await.unwrap();
     assert_eq!(h.get(&id).await["state"], "revoking");
-    let status =
-        h.s.google
-            .post_event(&google_event(&h, "TTL_EXPIRATION_REVOKED", phone, &id))
-            .await
-            .unwrap();
-    assert_eq!(status, 200);
+    h.google_reports("TTL_EXPIRATION_REVOKED", phone, &id).await;
     assert_eq!(h.get(&id).await["state"], "confirming");
     // The DELETE's late answer must not disturb the confirm window.
     h.s.google.hold_revokes(false);
@@ -252,12 +247,7 @@ async fn delivered_after_the_sms_went_out_is_recorded_as_both() {
     let phone = "+15550000010";
     let id = h.send_and_register(phone, 100).await;
     h.wait_state(&id, "sms_delivered").await;
-    let status =
-        h.s.google
-            .post_event(&google_event(&h, "DELIVERED", phone, &id))
-            .await
-            .unwrap();
-    assert_eq!(status, 200);
+    h.google_reports("DELIVERED", phone, &id).await;
     let m = h.get(&id).await;
     assert_eq!(m["state"], "sms_delivered", "never moves backwards");
     assert_eq!(m["outcome"], "both");

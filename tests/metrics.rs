@@ -80,12 +80,7 @@ async fn metrics_follow_messages_to_each_outcome() {
     h.wait_outcome(&rcs, "rcs").await;
     h.wait_state(&sms, "sms_delivered").await;
     h.wait_state(&both, "sms_delivered").await;
-    let status =
-        h.s.google
-            .post_event(&google_event(&h, "DELIVERED", both_phone, &both))
-            .await
-            .unwrap();
-    assert_eq!(status, 200);
+    h.google_reports("DELIVERED", both_phone, &both).await;
     h.wait_outcome(&both, "both").await;
     h.wait_state(&gone, "delivered").await;
 

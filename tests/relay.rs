@@ -31,12 +31,7 @@ async fn start_relaying_with(upstream: &str, extra: &[(&str, &str)]) -> Harness 
     start_with(move |c| {
         c.env.extend(extra);
         c.env.push(("RBMF_RELAY_URL".into(), upstream));
-        c.env
-            .push(("RBMF__OUTBOX__RETRY_BASE_MS".into(), "50".into()));
-        c.env
-            .push(("RBMF__OUTBOX__RETRY_CAP_MS".into(), "200".into()));
-        c.env
-            .push(("RBMF__OUTBOX__MAX_IDLE_MS".into(), "100".into()));
+        fast_outbox(c);
     })
     .await
 }

@@ -161,12 +161,7 @@ async fn a_phone_without_rcs_gets_the_sms_at_once_and_is_remembered() {
     let tracked = uuid::Uuid::new_v4().to_string();
     let r = h.post(&message(phone, &tracked, 600_000)).await;
     assert_eq!(r.status(), 201);
-    let status =
-        h.s.google
-            .post_event(&google_event(&h, "DELIVERED", phone, &tracked))
-            .await
-            .unwrap();
-    assert_eq!(status, 200);
+    h.google_reports("DELIVERED", phone, &tracked).await;
     h.wait_state(&tracked, "delivered").await;
     h.s.google.set_phone(phone, PhoneBehaviour::Offline);
     let m = create(&h, &send(phone, 600_000)).await;
@@ -592,4 +587,39 @@ async fn a_send_retry_never_waits_past_the_deadline() {
     );
     h.wait_state(&id, "sms_delivered").await;
     assert_eq!(h.sms_to(phone).await, 1);
+}
+
+#[tokio::test]
+async fn a_message_waits_its_own_confirm_window() {
+    let h = start().await;
+    let phone = "+15557000013";
+    let at = |e: &Value| chrono::DateTime::parse_from_rfc3339(e.as_str().unwrap()).unwrap();
+    // Offline phone: the revoke answers 200 and the confirm window runs.
+    let id = "own-window-1";
+    h.s.google.agent_send(phone, id, None);
+    let mut body = message(phone, id, 200);
+    body["policy"] = json!({ "confirm_window_ms": 60_000 });
+    create(&h, &body).await;
+    let m = h
+        .wait_until(id, "the revoke answered", |m| {
+            kinds(m).contains(&"revoke_ok".to_owned())
+        })
+        .await;
+    assert_eq!(m["state"], "confirming");
+    let wait = at(&m["next_action_at"]) - at(&event(&m, "revoke_ok")["at"]);
+    assert!(
+        wait >= chrono::TimeDelta::seconds(60) && wait < chrono::TimeDelta::seconds(61),
+        "{wait}"
+    );
+
+    // Without a policy of its own, the deployment's window (400 ms here).
+    let id = "own-window-2";
+    h.s.google.agent_send(phone, id, None);
+    create(&h, &message(phone, id, 200)).await;
+    let m = h.wait_state(id, "sms_delivered").await;
+    let waited = at(&event(&m, "sms_attempt")["at"]) - at(&event(&m, "revoke_ok")["at"]);
+    assert!(
+        waited >= chrono::TimeDelta::milliseconds(400) && waited < chrono::TimeDelta::seconds(60),
+        "{waited}"
+    );
 }

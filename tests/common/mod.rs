@@ -80,6 +80,17 @@ pub async fn start() -> Harness {
     start_with(|_| {}).await
 }
 
+/// Relays and callbacks retried within a test's patience.
+pub fn fast_outbox(c: &mut SandboxConfig) {
+    for (name, value) in [
+        ("RBMF__OUTBOX__RETRY_BASE_MS", "50"),
+        ("RBMF__OUTBOX__RETRY_CAP_MS", "200"),
+        ("RBMF__OUTBOX__MAX_IDLE_MS", "100"),
+    ] {
+        c.env.push((name.into(), value.into()));
+    }
+}
+
 pub async fn start_with(configure: impl FnOnce(&mut SandboxConfig)) -> Harness {
     let db = TestDb::new().await;
     let mut cfg = SandboxConfig::new(&db.url);
@@ -183,6 +194,17 @@ impl Harness {
             tokio::time::sleep(Duration::from_millis(15)).await;
         }
         panic!("message {id} never reached {what}; last seen: {last:#}");
+    }
+
+    /// Google reports `event_type` for the message, signed, and the
+    /// service acknowledges it.
+    pub async fn google_reports(&self, event_type: &str, phone: &str, message_id: &str) {
+        let event = google_event(self, event_type, phone, message_id);
+        let status = self.s.google.post_event(&event).await.unwrap();
+        assert_eq!(
+            status, 200,
+            "{event_type} for {message_id} not acknowledged"
+        );
     }
 
     pub async fn sms_to(&self, phone: &str) -> usize {
