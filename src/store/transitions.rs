@@ -439,7 +439,13 @@ async fn update_rows(
     for Pending { row, due, .. } in rows {
         let (mode, ms) = match due {
             Due::Never => ("never", 0i64),
-            Due::In(d) => ("in", i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
+            // Rounded up: a step is never due before the time it asked for
+            // (a quiet-hours wait that ended a fraction early would only be
+            // deferred again).
+            Due::In(d) => (
+                "in",
+                i64::try_from(d.as_nanos().div_ceil(1_000_000)).unwrap_or(i64::MAX),
+            ),
             Due::AtDeadline => ("deadline", 0),
             Due::Keep => ("keep", 0),
         };
