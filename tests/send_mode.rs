@@ -444,7 +444,7 @@ async fn quiet_hours_hold_the_sms_until_they_end_or_drop_it() {
         .unwrap()
         .with_timezone(&chrono::Utc);
     let end = wait["policy"]["quiet_hours"]["end"].as_str().unwrap();
-    assert_eq!(next.format("%H:%M").to_string(), end);
+    assert_eq!(next.format("%H:%M").to_string(), end, "{m:#}");
     assert!(next > chrono::Utc::now() + chrono::TimeDelta::minutes(118));
 
     let mut drop = send(phone, 600_000);

@@ -834,11 +834,16 @@ pub async fn get(
     MessageIdPath(id): MessageIdPath,
 ) -> Result<Json<MessageResource>, ApiError> {
     validate_message_id(&id).map_err(|_| not_found(&id))?;
-    let m = state.store.get(&id).await?.ok_or_else(|| not_found(&id))?;
+    let (m, events) = state
+        .store
+        .get_with_history(&id)
+        .await?
+        .ok_or_else(|| not_found(&id))?;
     if !scope.allows(&m.agent_id) {
         return Err(forbidden_agent());
     }
-    with_history(&state, m).await
+    let confirm_window = state.settings.fallback.confirm_window;
+    Ok(Json(MessageResource::new(m, Some(events), confirm_window)))
 }
 
 fn forbidden_agent() -> ApiError {

@@ -322,6 +322,35 @@ impl Store {
         .await?)
     }
 
+    /// The message and its history as of one instant: read in one
+    /// snapshot, so that a step committing in between cannot show in one
+    /// and not the other.
+    pub async fn get_with_history(
+        &self,
+        message_id: &str,
+    ) -> Result<Option<(MessageRow, Vec<EventRow>)>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query!("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            .execute(&mut *tx)
+            .await?;
+        let Some(row) = sqlx::query_as!(
+            MessageRow,
+            "SELECT * FROM messages WHERE message_id = $1",
+            message_id
+        )
+        .fetch_optional(&mut *tx)
+        .await?
+        else {
+            return Ok(None);
+        };
+        let events = histories_of(&mut tx, vec![row.id])
+            .await?
+            .remove(&row.id)
+            .unwrap_or_default();
+        tx.commit().await?;
+        Ok(Some((row, events)))
+    }
+
     pub async fn history(&self, id: i64) -> Result<Vec<EventRow>, StoreError> {
         Ok(sqlx::query_as!(
             EventRow,
