@@ -38,7 +38,7 @@ pub fn phone(n: u64) -> String {
 
 /// Inserts `count` pending messages named `{prefix}{n}` for n in
 /// `first..first+count`, straight into the table as a registration would
-/// leave them (without their `registered` history event), in chunks.
+/// leave them, with their `registered` history event, in chunks.
 /// Each row is due at `due` plus `step_us` microseconds per n (0: all
 /// share one deadline).
 pub async fn insert_pending(
@@ -55,14 +55,22 @@ pub async fn insert_pending(
         let n = CHUNK.min(count - done);
         let from = (first + done) as i64;
         let to = (first + done + n - 1) as i64;
+        // Each with its first history event, as registered messages have:
+        // a backlog without history would leave the planner statistics of
+        // an empty history table.
         sqlx::query(
-            "INSERT INTO messages (message_id, agent_id, phone, deadline, sms_body, request_digest,
-                                   state, outcome, due_at)
-             SELECT $1 || g, $2, '+1555' || lpad((g % 10000000)::text, 7, '0'), d,
-                    'Your code is ' || lpad((g % 1000000)::text, 6, '0'), '\\x00'::bytea,
-                    'pending', 'none', d
-             FROM generate_series($3::bigint, $4::bigint) AS g,
-                  LATERAL (SELECT $5::timestamptz + (g - $3) * $6::bigint * interval '1 microsecond' AS d) AS dl",
+            "WITH ins AS (
+                 INSERT INTO messages (message_id, agent_id, phone, deadline, sms_body, request_digest,
+                                       state, outcome, due_at)
+                 SELECT $1 || g, $2, '+1555' || lpad((g % 10000000)::text, 7, '0'), d,
+                        'Your code is ' || lpad((g % 1000000)::text, 6, '0'), '\\x00'::bytea,
+                        'pending', 'none', d
+                 FROM generate_series($3::bigint, $4::bigint) AS g,
+                      LATERAL (SELECT $5::timestamptz + (g - $3) * $6::bigint * interval '1 microsecond' AS d) AS dl
+                 RETURNING id, deadline
+             )
+             INSERT INTO message_events (message_id, kind, state_before, state_after, detail)
+             SELECT id, 'registered', NULL, 'pending', jsonb_build_object('deadline', deadline) FROM ins",
         )
         .bind(prefix)
         .bind(AGENT)
