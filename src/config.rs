@@ -184,6 +184,7 @@ pub struct DatabaseSettings {
     pub url: Secret,
     pub max_connections: u32,
     pub acquire_timeout: Duration,
+    pub group_commit_flushes: usize,
 }
 
 #[derive(Clone, Debug)]
@@ -671,6 +672,7 @@ struct RawDatabase {
     url: String,
     max_connections: u32,
     acquire_timeout_ms: u64,
+    group_commit_flushes: usize,
 }
 
 #[derive(Deserialize)]
@@ -734,9 +736,17 @@ impl RawDatabase {
         if self.max_connections == 0 {
             return Err(invalid("database", "max_connections", "must be at least 1"));
         }
+        if !(1..=8).contains(&self.group_commit_flushes) {
+            return Err(invalid(
+                "database",
+                "group_commit_flushes",
+                "must be between 1 and 8",
+            ));
+        }
         Ok(DatabaseSettings {
             url: Secret::new(url),
             max_connections: self.max_connections,
+            group_commit_flushes: self.group_commit_flushes,
             acquire_timeout: millis(
                 "database",
                 "acquire_timeout_ms",

@@ -631,10 +631,14 @@ fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 type Recorder = Batcher<WorkResult, Applied>;
 
 fn recorder(store: Store, policy: Policy, max_batch: usize) -> Recorder {
-    Batcher::start(max_batch, 2, move |results: Vec<WorkResult>| {
-        let store = store.clone();
-        async move { store.record_results(&results, &policy).await }
-    })
+    Batcher::start(
+        max_batch,
+        store.group_flushes(),
+        move |results: Vec<WorkResult>| {
+            let store = store.clone();
+            async move { store.record_results(&results, &policy).await }
+        },
+    )
 }
 
 /// Forwards NOTIFYs from other replicas to the local scheduler. Reconnects

@@ -171,6 +171,26 @@ async fn signed_delivered_for_a_pending_message_marks_it_delivered() {
 }
 
 #[tokio::test]
+async fn a_delivery_reported_before_registration_settles_the_registration_and_its_answer() {
+    let h = start().await;
+    let phone = "+14155550219";
+    let id = uuid::Uuid::new_v4().to_string();
+    h.s.google.agent_send(phone, &id, None);
+    // The phone was online at once: Google reports before the agent registers.
+    let event = google_event(&h, "DELIVERED", phone, &id);
+    ok_event(&h, &event).await;
+    let r = h.post(&message(phone, &id, TEN_MINUTES_MS)).await;
+    assert_eq!(r.status(), 201);
+    let answer: Value = r.json().await.unwrap();
+    assert_eq!(answer["state"], "delivered", "{answer:#}");
+    assert_eq!(answer["outcome"], "rcs");
+    assert_eq!(kinds(&answer), ["registered", "rcs_delivered"]);
+    assert_eq!(answer["events"][1]["detail"]["event_id"], event["eventId"]);
+    // The answer is what was stored.
+    assert_eq!(answer, h.get(&id).await);
+}
+
+#[tokio::test]
 async fn read_alone_implies_delivered() {
     let h = start().await;
     let phone = "+14155550202";

@@ -73,29 +73,27 @@ pub struct Writes {
     pub sms_statuses: Batcher<OutsideInput, Option<Applied>>,
 }
 
-/// Most requests written in one transaction, and batches in flight at once.
+/// Most requests written in one transaction.
 const GROUP_MAX: usize = 256;
-const GROUP_FLUSHES: usize = 4;
 
 impl Writes {
     fn start(store: &Store, policy: Policy) -> Writes {
+        let flushes = store.group_flushes();
         let s = store.clone();
-        let registrations =
-            Batcher::start(GROUP_MAX, GROUP_FLUSHES, move |batch: Vec<NewMessage>| {
-                let s = s.clone();
-                async move { s.register_batch_with_history(&batch, &policy).await }
-            });
+        let registrations = Batcher::start(GROUP_MAX, flushes, move |batch: Vec<NewMessage>| {
+            let s = s.clone();
+            async move { s.register_batch_with_history(&batch, &policy).await }
+        });
         let s = store.clone();
-        let rbm_events = Batcher::start(GROUP_MAX, GROUP_FLUSHES, move |batch: Vec<RbmEvent>| {
+        let rbm_events = Batcher::start(GROUP_MAX, flushes, move |batch: Vec<RbmEvent>| {
             let s = s.clone();
             async move { s.ingest_rbm_events(&batch, &policy).await }
         });
         let s = store.clone();
-        let sms_statuses =
-            Batcher::start(GROUP_MAX, GROUP_FLUSHES, move |batch: Vec<OutsideInput>| {
-                let s = s.clone();
-                async move { s.apply_to_many(&batch, &policy).await }
-            });
+        let sms_statuses = Batcher::start(GROUP_MAX, flushes, move |batch: Vec<OutsideInput>| {
+            let s = s.clone();
+            async move { s.apply_to_many(&batch, &policy).await }
+        });
         Writes {
             registrations,
             rbm_events,

@@ -133,10 +133,17 @@ impl Store {
             callbacks.push(m.callback_url.clone());
         }
         let mut tx = self.pool.begin().await?;
-        super::lock_message_keys(&mut tx, &agents, &ids).await?;
+        // The message-key locks (see the store module) come first.
         let created = sqlx::query_as!(
             MessageRow,
-            r#"WITH input AS (
+            r#"WITH locked AS MATERIALIZED (
+                   SELECT count(*) FROM (
+                       SELECT pg_advisory_xact_lock(k) FROM (
+                           SELECT DISTINCT hashtextextended(agent || ':' || id, 0) AS k
+                           FROM UNNEST($2::text[], $1::text[]) AS t(agent, id)
+                       ) AS keys ORDER BY k
+                   ) AS l
+               ), input AS (
                    SELECT t.*, COALESCE(t.at, now() + t.after_secs * interval '1 second') AS d,
                           CASE
                               WHEN t.rcs IS NULL THEN 'pending'
@@ -150,6 +157,7 @@ impl Store {
                                $11::text[], $12::text[], $13::text[], $14::int[], $15::text[])
                         AS t(message_id, agent_id, phone, at, after_secs, sms_body, sms_from, metadata, digest,
                              callback_url, rcs, traffic_type, on_uncertain, confirm_window_ms, quiet_hours)
+                   CROSS JOIN locked
                ), ins AS (
                    INSERT INTO messages (message_id, agent_id, phone, deadline, sms_body, sms_from,
                                          metadata, request_digest, state, outcome, due_at, callback_url,
@@ -190,11 +198,20 @@ impl Store {
         )
         .fetch_all(&mut *tx)
         .await?;
-        let created = self.apply_early_events(&mut tx, created, policy).await?;
-        let mut history = if histories && !created.is_empty() {
-            histories_of(&mut tx, created.iter().map(|m| m.id).collect()).await?
+        let (created, mut history) = if histories && !created.is_empty() {
+            // Read together with whether any early event waits, which is
+            // rare: only then are they applied and the histories read again.
+            let ids: Vec<i64> = created.iter().map(|m| m.id).collect();
+            let (history, early) = histories_noting_early(&mut tx, &ids).await?;
+            if early {
+                let created = self.apply_early_events(&mut tx, created, policy).await?;
+                (created, histories_of(&mut tx, ids).await?)
+            } else {
+                (created, history)
+            }
         } else {
-            HashMap::new()
+            let created = self.apply_early_events(&mut tx, created, policy).await?;
+            (created, HashMap::new())
         };
         let soonest = created.iter().filter_map(|m| m.due_at).min();
         let due_in = soonest.map(|d| (d - Utc::now()).to_std().unwrap_or_default());
@@ -398,15 +415,40 @@ async fn histories_of(
     conn: &mut PgConnection,
     ids: Vec<i64>,
 ) -> Result<HashMap<i64, Vec<EventRow>>, StoreError> {
+    Ok(histories(conn, &ids, false).await?.0)
+}
+
+/// The histories of just-registered messages, and whether Google reported
+/// on any of them before (see `apply_early_events`), in one statement.
+async fn histories_noting_early(
+    conn: &mut PgConnection,
+    ids: &[i64],
+) -> Result<(HashMap<i64, Vec<EventRow>>, bool), StoreError> {
+    histories(conn, ids, true).await
+}
+
+async fn histories(
+    conn: &mut PgConnection,
+    ids: &[i64],
+    note_early: bool,
+) -> Result<(HashMap<i64, Vec<EventRow>>, bool), StoreError> {
+    // `AND` stops at a false `$2`: no lookup unless asked.
     let rows = sqlx::query!(
-        "SELECT message_id, at, kind, state_before, state_after, detail
-         FROM message_events WHERE message_id = ANY($1) ORDER BY message_id, id",
-        &ids
+        r#"SELECT e.message_id, e.at, e.kind, e.state_before, e.state_after, e.detail,
+                  $2::bool AND EXISTS (
+                      SELECT 1 FROM messages m JOIN rbm_events r
+                          ON r.agent_id = m.agent_id AND r.message_id = m.message_id
+                      WHERE m.id = e.message_id) AS "early!"
+           FROM message_events e WHERE e.message_id = ANY($1) ORDER BY e.message_id, e.id"#,
+        ids,
+        note_early
     )
     .fetch_all(conn)
     .await?;
+    let mut early = false;
     let mut out: HashMap<i64, Vec<EventRow>> = HashMap::new();
     for r in rows {
+        early |= r.early;
         out.entry(r.message_id).or_default().push(EventRow {
             at: r.at,
             kind: r.kind,
@@ -415,5 +457,5 @@ async fn histories_of(
             detail: r.detail,
         });
     }
-    Ok(out)
+    Ok((out, early))
 }

@@ -84,6 +84,8 @@ pub struct Store {
     /// How long a phone Google could not reach over RCS goes straight to
     /// SMS in send mode; zero: never remembered.
     unreachable_for: Duration,
+    /// Batches a group-commit writer has in flight at once.
+    group_flushes: usize,
 }
 
 impl Store {
@@ -98,7 +100,9 @@ impl Store {
             // Lazily: the server starts (and /readyz reports) while the
             // database is still coming up.
             .connect_lazy_with(options.application_name("rbm-fallback"));
-        Ok(Store::new(pool, notify_horizon))
+        let mut store = Store::new(pool, notify_horizon);
+        store.group_flushes = db.group_commit_flushes;
+        Ok(store)
     }
 
     pub fn new(pool: PgPool, notify_horizon: Duration) -> Store {
@@ -108,6 +112,7 @@ impl Store {
             notify_horizon,
             default_callback_url: None,
             unreachable_for: Duration::ZERO,
+            group_flushes: 1,
         }
     }
 
@@ -121,6 +126,12 @@ impl Store {
     pub fn with_unreachable_ttl(mut self, ttl: Duration) -> Store {
         self.unreachable_for = ttl;
         self
+    }
+
+    /// How many batches each group-commit writer (see [`Batcher`]) may have
+    /// in flight: `database.group_commit_flushes`.
+    pub fn group_flushes(&self) -> usize {
+        self.group_flushes
     }
 
     pub fn pool(&self) -> &PgPool {
@@ -193,31 +204,14 @@ impl Store {
     }
 }
 
-/// Serialises, per agent and message id, the transactions that register a
-/// message and those that record Google's events about it: without it, a
-/// DELIVERED committing while the registration commits is seen by neither.
-/// Both sides take the same transaction-scoped advisory lock first.
-async fn lock_message_keys(
-    conn: &mut PgConnection,
-    agent_ids: &[String],
-    message_ids: &[String],
-) -> Result<(), StoreError> {
-    if message_ids.is_empty() {
-        return Ok(());
-    }
-    // Sorted, so that two batches sharing ids cannot deadlock.
-    sqlx::query!(
-        "SELECT pg_advisory_xact_lock(k) FROM (
-             SELECT DISTINCT hashtextextended(agent || ':' || id, 0) AS k
-             FROM UNNEST($1::text[], $2::text[]) AS t(agent, id)
-         ) AS keys ORDER BY k",
-        agent_ids,
-        message_ids
-    )
-    .fetch_all(conn)
-    .await?;
-    Ok(())
-}
+// Message-key locks. The transactions that register messages and those
+// that record Google's events about them take, per agent and message id, the
+// same transaction-scoped advisory lock (`pg_advisory_xact_lock` of
+// `hashtextextended(agent || ':' || id, 0)`, keys sorted so that two batches
+// sharing ids cannot deadlock): without it, a DELIVERED committing while the
+// registration commits is seen by neither. Each side takes them in its first
+// statement and reads the other side's rows only in a later statement, whose
+// snapshot sees what the lock waited for.
 
 /// A message as stored.
 #[derive(Clone, Debug)]

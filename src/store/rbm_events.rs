@@ -45,11 +45,21 @@ impl Store {
             .iter()
             .filter_map(|e| Some((e.agent_id.clone(), e.message_id.clone()?)))
             .unzip();
-        super::lock_message_keys(&mut tx, &agents, &ids).await?;
+        // The message-key locks (see the store module) come first; the
+        // messages are read in a later statement.
         let fresh: HashSet<(String, String)> = sqlx::query!(
-            r#"INSERT INTO rbm_events (agent_id, event_key, event_type, message_id, payload)
-               SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::jsonb[])
+            r#"WITH locked AS MATERIALIZED (
+                   SELECT count(*) FROM (
+                       SELECT pg_advisory_xact_lock(k) FROM (
+                           SELECT DISTINCT hashtextextended(agent || ':' || id, 0) AS k
+                           FROM UNNEST($6::text[], $7::text[]) AS t(agent, id)
+                       ) AS keys ORDER BY k
+                   ) AS l
+               )
+               INSERT INTO rbm_events (agent_id, event_key, event_type, message_id, payload)
+               SELECT t.* FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::jsonb[])
                    AS t(agent_id, event_key, event_type, message_id, payload)
+                   CROSS JOIN locked
                -- In key order, so two batches holding the same keys cannot
                -- deadlock on the unique index.
                ORDER BY agent_id, event_key
@@ -72,6 +82,8 @@ impl Store {
                 .map(|e| e.message_id.clone())
                 .collect::<Vec<_>>() as &[Option<String>],
             &events.iter().map(|e| e.payload.clone()).collect::<Vec<_>>(),
+            &agents,
+            &ids,
         )
         .fetch_all(&mut *tx)
         .await?
