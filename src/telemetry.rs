@@ -2,6 +2,7 @@
 //! endpoint is configured, every span (one per message action, carrying the
 //! message id) exported to an OpenTelemetry collector over OTLP/HTTP.
 
+use std::io::IsTerminal;
 use std::time::Duration;
 
 use opentelemetry::trace::TracerProvider as _;
@@ -35,7 +36,10 @@ pub struct Telemetry {
 pub fn init(json: bool, settings: Option<&TelemetrySettings>) -> Result<Telemetry, TelemetryError> {
     let filter =
         || EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
-    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    // Colours only for a terminal: a log file or collector gets plain text.
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
     let mut layers: Vec<Box<dyn Layer<Registry> + Send + Sync>> = vec![if json {
         fmt.json().with_filter(filter()).boxed()
     } else {

@@ -16,7 +16,7 @@ use rand::Rng;
 use sqlx::postgres::PgListener;
 use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn, Instrument};
+use tracing::{debug, info, warn, Instrument};
 
 use crate::config::{RetentionSettings, WorkerSettings};
 use crate::domain::backoff::Backoff;
@@ -251,8 +251,10 @@ impl Worker {
             match recorder.submit(result).await {
                 Ok(applied) => {
                     match &applied.verdict {
+                        // The call's answer was logged at info already; the
+                        // step is in the history. One line per call, not two.
                         Verdict::Apply(step) => {
-                            info!(event = step.event, state = %step.state, "recorded")
+                            debug!(event = step.event, state = %step.state, "recorded")
                         }
                         Verdict::Record { event, note } => {
                             warn!(event, note, "result arrived after the message moved on")

@@ -11,12 +11,16 @@ use common::*;
 use rbm_fallback::sandbox::{Rig, SandboxConfig};
 use serde_json::Value;
 
-#[tokio::test]
-async fn json_logs_carry_the_message_span() {
-    let db = TestDb::new().await;
+/// The real binary with its log in a file, and one message sent to `phone`
+/// that falls back to SMS. Returns the message id.
+async fn service_logging(
+    db: &TestDb,
+    format: &str,
+    phone: &str,
+) -> (Rig, rbm_fallback::sandbox::ServiceProcess, String) {
     let mut cfg = SandboxConfig::new(&db.url);
     cfg.confirm_window = Duration::from_millis(200);
-    cfg.env.push(("RBMF_LOG_FORMAT".into(), "json".into()));
+    cfg.env.push(("RBMF_LOG_FORMAT".into(), format.into()));
     cfg.env.push(("RUST_LOG".into(), "info".into()));
     let rig = Rig::start(&cfg).await.unwrap();
     let mut service = rig
@@ -25,18 +29,24 @@ async fn json_logs_carry_the_message_span() {
     service.wait_ready(Duration::from_secs(60)).await.unwrap();
     rig.google
         .set_webhook_url(&format!("{}/webhooks/rbm", service.url));
-
-    let api = rig.api();
-    let phone = "+15550007001";
     let id = uuid::Uuid::new_v4().to_string();
     rig.google.agent_send(phone, &id, None);
-    let r = api
+    let r = rig
+        .api()
         .post(format!("{}/v1/messages", service.url))
         .json(&message(phone, &id, 50))
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), 201);
+    (rig, service, id)
+}
+
+#[tokio::test]
+async fn json_logs_carry_the_message_span() {
+    let db = TestDb::new().await;
+    let phone = "+15550007001";
+    let (_rig, mut service, id) = service_logging(&db, "json", phone).await;
 
     // The revoke and the SMS send are each logged inside the span.
     let give_up = tokio::time::Instant::now() + Duration::from_secs(20);
@@ -80,5 +90,27 @@ async fn json_logs_carry_the_message_span() {
     );
     // Phones are masked in the log.
     assert!(!lines.iter().any(|l| l.to_string().contains(phone)));
+    service.kill();
+}
+
+#[tokio::test]
+async fn text_logs_in_a_file_are_plain_text() {
+    let db = TestDb::new().await;
+    let (_rig, mut service, _id) = service_logging(&db, "text", "+15550007002").await;
+    let give_up = tokio::time::Instant::now() + Duration::from_secs(20);
+    let text = loop {
+        let text = std::fs::read_to_string(service.log_path()).unwrap_or_default();
+        if text.contains("SMS send answered") {
+            break text;
+        }
+        assert!(
+            tokio::time::Instant::now() < give_up,
+            "no such line in the log:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    // Terminal colour codes would only garble a file or a collector.
+    assert!(!text.contains('\x1b'), "escape codes in the log:\n{text}");
+    assert!(text.contains(" INFO "), "{text}");
     service.kill();
 }
