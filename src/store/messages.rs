@@ -137,12 +137,7 @@ impl Store {
         let created = sqlx::query_as!(
             MessageRow,
             r#"WITH locked AS MATERIALIZED (
-                   SELECT count(*) FROM (
-                       SELECT pg_advisory_xact_lock(k) FROM (
-                           SELECT DISTINCT hashtextextended(agent || ':' || id, 0) AS k
-                           FROM UNNEST($2::text[], $1::text[]) AS t(agent, id)
-                       ) AS keys ORDER BY k
-                   ) AS l
+                   SELECT lock_message_keys($2::text[], $1::text[])
                ), input AS (
                    SELECT t.*, COALESCE(t.at, now() + t.after_secs * interval '1 second') AS d,
                           CASE

@@ -49,12 +49,7 @@ impl Store {
         // messages are read in a later statement.
         let fresh: HashSet<(String, String)> = sqlx::query!(
             r#"WITH locked AS MATERIALIZED (
-                   SELECT count(*) FROM (
-                       SELECT pg_advisory_xact_lock(k) FROM (
-                           SELECT DISTINCT hashtextextended(agent || ':' || id, 0) AS k
-                           FROM UNNEST($6::text[], $7::text[]) AS t(agent, id)
-                       ) AS keys ORDER BY k
-                   ) AS l
+                   SELECT lock_message_keys($6::text[], $7::text[])
                )
                INSERT INTO rbm_events (agent_id, event_key, event_type, message_id, payload)
                SELECT t.* FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::jsonb[])
