@@ -297,6 +297,14 @@ impl Worker {
     /// our revoke.
     async fn send_rcs(&self, claim: &Claimed, attempt: u32) -> (Input, serde_json::Value) {
         let m = &claim.message;
+        let key = format!("rbm:{}", m.agent_id);
+        let rate = self.limits.rates_of(&m.agent_id).0;
+        if let Err(free_in) = self.throttle(key, rate).await {
+            return Retry::rate_limited(free_in)
+                .no_later_than(m.deadline)
+                .rcs_send();
+        }
+        // After the rate limit's wait, which may have used up the time left.
         let left = (m.deadline - chrono::Utc::now())
             .to_std()
             .unwrap_or_default();
@@ -312,13 +320,6 @@ impl Worker {
         body["expireTime"] = expire
             .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
             .into();
-        let key = format!("rbm:{}", m.agent_id);
-        let rate = self.limits.rates_of(&m.agent_id).0;
-        if let Err(free_in) = self.throttle(key, rate).await {
-            return Retry::rate_limited(free_in)
-                .no_later_than(m.deadline)
-                .rcs_send();
-        }
         let answer = self
             .rbm
             .send(&m.agent_id, &m.phone, &m.message_id, &body)

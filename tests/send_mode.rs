@@ -623,3 +623,31 @@ async fn a_message_waits_its_own_confirm_window() {
         "{waited}"
     );
 }
+
+#[tokio::test]
+async fn time_spent_waiting_for_the_rate_limit_counts_against_the_deadline() {
+    // One RBM call a second: the second send waits about a second for its
+    // slot, which leaves it less than the minimum time worth sending for.
+    let h = start_with(|cfg| {
+        cfg.env
+            .push(("RBMF__WORKER__RBM_RATE_PER_SEC".into(), "1".into()));
+    })
+    .await;
+    let first = create(&h, &send("+15557000015", 600_000)).await;
+    let first_id = first["message_id"].as_str().unwrap().to_owned();
+    h.wait_until(&first_id, "the first send answered", |m| {
+        kinds(m).contains(&"rcs_sent".to_owned())
+    })
+    .await;
+    let second = create(&h, &send("+15557000016", 1_500)).await;
+    let id = second["message_id"].as_str().unwrap().to_owned();
+    h.wait_until(&id, "the send given up", |m| {
+        kinds(m).contains(&"rcs_send_expired".to_owned())
+    })
+    .await;
+    h.wait_state(&id, "sms_delivered").await;
+    assert!(
+        !h.s.google.sends().iter().any(|s| s.message_id == id),
+        "sent with less than a second left"
+    );
+}
