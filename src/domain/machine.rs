@@ -46,7 +46,8 @@ pub struct Facts {
     pub in_doubt: bool,
     pub sms_sid: Option<String>,
     pub sms_status: Option<SmsStatus>,
-    /// Whether an SMS may go out now, by the recipient's quiet hours.
+    /// Whether an SMS may go out now, by the recipient's quiet hours. Only
+    /// claims read it (see `unless_quiet`).
     pub sms_window: SmsWindow,
 }
 

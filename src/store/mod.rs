@@ -317,10 +317,16 @@ impl MessageRow {
 
     /// The machine's view. `in_flight` depends on who asks: for a worker
     /// reporting a result it means "your claim is still the current one".
-    pub fn facts(&self, caller: Caller) -> Result<Facts, StoreError> {
+    /// Only a claim can start an SMS, so only a claim (`for_claim`) pays for
+    /// the quiet-hours look-up; any other input sees the window open.
+    pub fn facts(&self, caller: Caller, for_claim: bool) -> Result<Facts, StoreError> {
         let state = self.state()?;
         Ok(Facts {
-            sms_window: self.sms_window(state, Utc::now())?,
+            sms_window: if for_claim {
+                self.sms_window(state, Utc::now())?
+            } else {
+                SmsWindow::Open
+            },
             state,
             rcs_delivered: self.rcs_delivered,
             rcs_inferred: self.rcs_inferred,

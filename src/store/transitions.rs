@@ -200,7 +200,7 @@ impl Store {
                 None
             };
             let verdict = domain::apply(
-                &row.facts(change.caller)?,
+                &row.facts(change.caller, matches!(change.input, Input::Claim))?,
                 change.input,
                 &row.policy(policy)?,
             );
