@@ -382,6 +382,75 @@ fn confirm_window_elapsed_sends_the_sms() {
     assert_eq!(s.lease, Lease::Take);
 }
 
+#[test]
+fn a_send_given_up_at_the_deadline_revokes_first_if_google_may_have_it() {
+    let clean = step(
+        &claimed(State::RcsSending),
+        Input::RcsSend(RcsSendResult::Expired),
+    );
+    assert_eq!(clean.event, "rcs_send_expired");
+    assert_eq!(clean.state, State::SmsSending);
+    let doubtful = Facts {
+        in_doubt: true,
+        ..claimed(State::RcsSending)
+    };
+    let s = step(&doubtful, Input::RcsSend(RcsSendResult::Expired));
+    assert_eq!(s.event, "rcs_send_expired");
+    assert_eq!(s.state, State::Revoking);
+    assert!(s.in_doubt);
+    assert_eq!(s.due, Due::In(Duration::ZERO));
+}
+
+#[test]
+fn quiet_hours_defer_or_drop_a_first_sms_attempt() {
+    let wait = Duration::from_secs(600);
+    for state in [State::Confirming, State::SmsSending] {
+        let waiting = Facts {
+            sms_window: SmsWindow::WaitFor(wait),
+            ..facts(state)
+        };
+        let s = step(&waiting, Input::Claim);
+        assert_eq!(s.event, "sms_deferred", "{state:?}");
+        assert_eq!(s.state, state);
+        assert_eq!(s.due, Due::In(wait));
+        assert_eq!(s.lease, Lease::Release);
+        assert_eq!(s.action, None);
+
+        let closed = Facts {
+            sms_window: SmsWindow::Closed,
+            ..facts(state)
+        };
+        let s = step(&closed, Input::Claim);
+        assert_eq!(s.event, "sms_dropped", "{state:?}");
+        assert_eq!(s.state, State::SmsSkipped);
+        assert_eq!(s.action, None);
+        assert_eq!(Outcome::of(s.state, s.rcs_delivered), Outcome::None);
+    }
+}
+
+#[test]
+fn an_sms_that_may_be_out_is_looked_for_in_quiet_hours_too() {
+    for window in [
+        SmsWindow::WaitFor(Duration::from_secs(600)),
+        SmsWindow::Closed,
+    ] {
+        let f = Facts {
+            in_doubt: true,
+            sms_window: window,
+            ..facts(State::SmsSending)
+        };
+        let s = step(&f, Input::Claim);
+        assert_eq!(s.state, State::SmsSending, "{window:?}");
+        assert_eq!(
+            s.action,
+            Some(Action::SendSms {
+                reconcile: true,
+                may_send: true
+            })
+        );
+    }
+}
+
 // ---- sms_sending ----
 
 #[test]
@@ -814,6 +883,18 @@ fn run(events: &[Event], mut f: Facts, policy: &Policy) -> (Facts, World) {
                     assert!(
                         !f.rcs_delivered,
                         "a send was allowed after the RCS was known delivered"
+                    );
+                }
+                // Quiet hours hold back a first attempt; an SMS that may be
+                // out already is looked for whatever the hour.
+                if let Some(Action::SendSms {
+                    reconcile: false, ..
+                }) = s.action
+                {
+                    assert_eq!(
+                        f.sms_window,
+                        SmsWindow::Open,
+                        "an SMS started in quiet hours"
                     );
                 }
                 if s.lease == Lease::Take {
