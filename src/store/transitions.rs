@@ -15,7 +15,7 @@ use sqlx::PgConnection;
 use uuid::Uuid;
 
 use super::{MessageRow, Store, StoreError};
-use crate::domain::{self, Due, Input, Lease, Outcome, Policy, Verdict};
+use crate::domain::{self, Due, Input, Lease, Outcome, Policy, RcsSendResult, Verdict};
 
 /// Who applies an input; decides what "a claim is in flight" means.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -207,8 +207,10 @@ impl Store {
             let known_delivered = row.rcs_delivered && !row.rcs_inferred;
             match &verdict {
                 Verdict::Apply(step) => {
-                    if step.event == "rcs_unreachable" {
-                        reach.unreachable(row, &change.detail);
+                    if let Input::RcsSend(RcsSendResult::Unreachable { status, detail }) =
+                        change.input
+                    {
+                        reach.unreachable(row, *status, detail);
                     }
                     // The event first: its time then precedes the start of
                     // any wait the step schedules, so the history shows waits
@@ -348,14 +350,13 @@ struct Reachability {
 }
 
 impl Reachability {
-    fn unreachable(&mut self, row: &MessageRow, detail: &serde_json::Value) {
-        let reason = match (detail.get("status"), detail.get("error")) {
-            (Some(status), Some(error)) => format!("{status}: {}", error.as_str().unwrap_or("")),
-            (Some(status), None) => status.to_string(),
-            _ => "not reachable over RCS".to_owned(),
-        };
-        self.unreachable
-            .push((row.agent_id.clone(), row.phone.clone(), reason));
+    /// Google's answer to a send, kept as the entry's reason for operators.
+    fn unreachable(&mut self, row: &MessageRow, status: u16, detail: &str) {
+        self.unreachable.push((
+            row.agent_id.clone(),
+            row.phone.clone(),
+            format!("{status}: {detail}"),
+        ));
     }
 
     fn reachable(&mut self, row: &MessageRow) {
