@@ -278,15 +278,14 @@ impl MessageResource {
         confirm_window: Duration,
     ) -> MessageResource {
         let shape = sms_text::shape(&m.sms_body);
+        let confirm_window = m.confirm_window(confirm_window);
         MessageResource {
             mode: if m.rcs.is_some() { "send" } else { "track" },
             rcs: m.rcs,
             traffic_type: m.traffic_type,
             policy: PolicyResource {
+                confirm_window_ms: confirm_window.as_millis() as u64,
                 on_uncertain: m.on_uncertain,
-                confirm_window_ms: m
-                    .confirm_window_ms
-                    .map_or(confirm_window.as_millis() as u64, |ms| ms.max(0) as u64),
                 quiet_hours: m.quiet_hours,
             },
             message_id: m.message_id,
@@ -789,12 +788,6 @@ pub async fn create(
     match state.writes.registrations.submit(new.clone()).await? {
         (Registered::Created(m), events) => {
             tracing::info!(message_id = %m.message_id, deadline = %m.deadline, "registered");
-            // The batch reads the histories of what it creates; should one be
-            // missing, read it rather than answer without it.
-            let events = match events {
-                Some(events) => events,
-                None => state.store.history(m.id).await?,
-            };
             let confirm_window = state.settings.fallback.confirm_window;
             Ok((
                 StatusCode::CREATED,

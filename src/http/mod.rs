@@ -68,7 +68,7 @@ impl AppState {
 #[derive(Clone)]
 pub struct Writes {
     /// Answered with the history of what they created, read in the batch.
-    pub registrations: Batcher<NewMessage, (Registered, Option<Vec<EventRow>>)>,
+    pub registrations: Batcher<NewMessage, (Registered, Vec<EventRow>)>,
     pub rbm_events: Batcher<RbmEvent, Ingested>,
     pub sms_statuses: Batcher<OutsideInput, Option<Applied>>,
 }

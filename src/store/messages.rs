@@ -76,15 +76,24 @@ impl Store {
     }
 
     /// As [`Store::register_batch`], with the history of each message it
-    /// created: read in the batch's own transaction, one statement for the
-    /// whole batch, so that single registrations can be answered with their
-    /// history without a query each.
+    /// created (empty for the others): read in the batch's own transaction,
+    /// one statement for the whole batch, so that single registrations can be
+    /// answered with their history without a query each.
     pub async fn register_batch_with_history(
         &self,
         batch: &[NewMessage],
         policy: &Policy,
-    ) -> Result<Vec<(Registered, Option<Vec<EventRow>>)>, StoreError> {
-        self.register_batch_with(batch, policy, true).await
+    ) -> Result<Vec<(Registered, Vec<EventRow>)>, StoreError> {
+        self.register_batch_with(batch, policy, true)
+            .await?
+            .into_iter()
+            .map(|(r, events)| match (&r, events) {
+                (Registered::Created(_), Some(events)) => Ok((r, events)),
+                // The statement that created the row wrote its first event.
+                (Registered::Created(m), None) => Err(m.corrupt("created without its history")),
+                (_, _) => Ok((r, Vec::new())),
+            })
+            .collect()
     }
 
     async fn register_batch_with(

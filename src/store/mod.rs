@@ -270,12 +270,16 @@ impl MessageRow {
         }
     }
 
+    /// The message's own confirm window, or the deployment's `base`.
+    pub fn confirm_window(&self, base: Duration) -> Duration {
+        self.confirm_window_ms
+            .map_or(base, |ms| Duration::from_millis(ms.max(0) as u64))
+    }
+
     /// The message's own policy over the deployment's `base`.
     pub fn policy(&self, base: &Policy) -> Result<Policy, StoreError> {
         Ok(Policy {
-            confirm_window: self.confirm_window_ms.map_or(base.confirm_window, |ms| {
-                Duration::from_millis(ms.max(0) as u64)
-            }),
+            confirm_window: self.confirm_window(base.confirm_window),
             lease: base.lease,
             on_uncertain: OnUncertain::parse(&self.on_uncertain)
                 .ok_or_else(|| self.corrupt(format!("on_uncertain {:?}", self.on_uncertain)))?,
