@@ -350,9 +350,9 @@ impl Store {
         &self,
         message_id: &str,
     ) -> Result<Option<(MessageRow, Vec<EventRow>)>, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        sqlx::query!("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-            .execute(&mut *tx)
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
             .await?;
         let Some(row) = sqlx::query_as!(
             MessageRow,
