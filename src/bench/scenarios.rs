@@ -492,11 +492,10 @@ impl Bench {
         let give_up = Instant::now() + limit;
         while Instant::now() < give_up {
             let busy: i64 = sqlx::query_scalar(
-                "SELECT count(*) FROM messages
-                 WHERE id > $1 AND state IN ('rcs_sending', 'pending', 'revoking', 'confirming',
-                                             'verifying', 'sms_sending')",
+                "SELECT count(*) FROM messages WHERE id > $1 AND state = ANY($2)",
             )
             .bind(after)
+            .bind(crate::domain::State::unsettled_names())
             .fetch_one(&self.pool)
             .await?;
             if busy == 0 {

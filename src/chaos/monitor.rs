@@ -9,7 +9,7 @@ use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
 use tokio::time::Instant;
 
-use super::population::UNSETTLED;
+use crate::domain::State;
 use crate::sandbox::Rig;
 
 /// A small pool of its own on the run's database, apart from the service's.
@@ -21,15 +21,11 @@ pub async fn connect(url: &str) -> anyhow::Result<PgPool> {
         .await?)
 }
 
-fn unsettled() -> Vec<String> {
-    UNSETTLED.iter().map(|s| (*s).to_owned()).collect()
-}
-
 /// Messages with work still open.
 pub async fn open_count(pool: &PgPool) -> anyhow::Result<i64> {
     Ok(
         sqlx::query_scalar("SELECT count(*) FROM messages WHERE state = ANY($1)")
-            .bind(unsettled())
+            .bind(State::unsettled_names())
             .fetch_one(pool)
             .await?,
     )
@@ -41,7 +37,7 @@ pub async fn backlog(pool: &PgPool) -> anyhow::Result<Vec<String>> {
         "SELECT message_id FROM messages
          WHERE state = ANY($1) AND (deadline <= now() OR state <> 'pending')",
     )
-    .bind(unsettled())
+    .bind(State::unsettled_names())
     .fetch_all(pool)
     .await?)
 }
@@ -51,7 +47,7 @@ async fn still_open(pool: &PgPool, ids: &[String]) -> anyhow::Result<i64> {
         "SELECT count(*) FROM messages WHERE message_id = ANY($1) AND state = ANY($2)",
     )
     .bind(ids)
-    .bind(unsettled())
+    .bind(State::unsettled_names())
     .fetch_one(pool)
     .await?)
 }
@@ -71,7 +67,7 @@ pub async fn claims(pool: &PgPool) -> anyhow::Result<Vec<Claim>> {
         "SELECT message_id, state, due_at AS expiry FROM messages
          WHERE lease_token IS NOT NULL AND due_at IS NOT NULL AND state = ANY($1)",
     )
-    .bind(unsettled())
+    .bind(State::unsettled_names())
     .fetch_all(pool)
     .await?)
 }

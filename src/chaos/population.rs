@@ -12,22 +12,10 @@ use rand::rngs::StdRng;
 use rand::Rng;
 use serde_json::{json, Value};
 
-use crate::domain::RCS_TTL_MARGIN;
+use crate::domain::{State, RCS_TTL_MARGIN};
 use crate::emulator::google::PhoneBehaviour;
 use crate::emulator::twilio::RecipientBehaviour;
 use crate::sandbox::Rig;
-
-/// States in which a message still has work of its own to do. Every other
-/// state is settled: final, or `sms_sent` (waiting only on Twilio's
-/// callbacks, with its outcome already `sms`).
-pub const UNSETTLED: [&str; 6] = [
-    "rcs_sending",
-    "pending",
-    "revoking",
-    "confirming",
-    "verifying",
-    "sms_sending",
-];
 
 /// The timing a run is built on.
 #[derive(Clone, Debug)]
@@ -836,7 +824,7 @@ pub fn judge(
             *j.lost_by_class.entry(t.class).or_default() += 1;
             continue;
         };
-        let settled = !UNSETTLED.contains(&o.state.as_str());
+        let settled = !o.state.parse::<State>().is_ok_and(State::unsettled);
         let actual = if settled {
             o.outcome.clone()
         } else {

@@ -94,6 +94,21 @@ impl State {
         )
     }
 
+    /// Work of our own is still to come: not final, and not `sms_sent`,
+    /// which waits only on Twilio's callbacks with its outcome already `sms`.
+    pub fn unsettled(self) -> bool {
+        !self.is_final() && self != State::SmsSent
+    }
+
+    /// The names of the [`State::unsettled`] states, for SQL filters.
+    pub fn unsettled_names() -> Vec<String> {
+        State::ALL
+            .iter()
+            .filter(|s| s.unsettled())
+            .map(|s| s.as_str().to_owned())
+            .collect()
+    }
+
     /// Twilio has taken the SMS and not (yet) reported it failed.
     pub fn sms_reached(self) -> bool {
         matches!(self, State::SmsSent | State::SmsDelivered)
@@ -190,6 +205,21 @@ impl SmsStatus {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn work_is_left_before_the_sms_is_out() {
+        assert_eq!(
+            State::unsettled_names(),
+            [
+                "rcs_sending",
+                "pending",
+                "revoking",
+                "confirming",
+                "verifying",
+                "sms_sending"
+            ]
+        );
+    }
 
     #[test]
     fn string_forms_round_trip() {
