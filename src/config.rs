@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::domain::policy::{PolicyDefaults, PolicyOverrides, QuietSetting, TrafficType};
+use crate::domain::policy::{
+    PolicyDefaults, PolicyOverrides, QuietSetting, TrafficType, MAX_CONFIRM_WINDOW,
+};
 use crate::domain::OnUncertain;
 
 pub const DEFAULTS: &str = include_str!("../config/default.toml");
@@ -974,7 +976,7 @@ impl Raw {
                 "confirm_window_ms",
                 f.confirm_window_ms,
                 0,
-                3_600_000,
+                MAX_CONFIRM_WINDOW.as_millis() as u64,
             )?,
             max_deadline: Duration::from_secs(f.max_deadline_secs),
             policy: policy_defaults(

@@ -232,7 +232,6 @@ impl Metrics {
         }
     }
 
-    /// An SMS send's answer.
     /// One send-mode RBM send, by the status answered (`retry` for a failure
     /// that will be retried, `expired` when the deadline came first).
     pub fn rcs_send(&self, result: &'static str) {
@@ -242,6 +241,7 @@ impl Metrics {
             .inc();
     }
 
+    /// An SMS send's answer.
     pub fn sms(&self, result: &Result<SmsRecord, CallError>) {
         self.sms_result(match result {
             Ok(_) => "accepted",
