@@ -230,6 +230,27 @@ async fn failed_sends_are_retried_with_the_same_message_id() {
 }
 
 #[tokio::test]
+async fn with_no_memory_of_unreachable_phones_every_message_tries_rcs_first() {
+    let h = start_with(|cfg| {
+        cfg.env.push((
+            "RBMF__FALLBACK__RCS_UNREACHABLE_TTL_SECS".into(),
+            "0".into(),
+        ));
+    })
+    .await;
+    let phone = "+15557000017";
+    h.s.google.set_phone(phone, PhoneBehaviour::NotRcs);
+    for n in 1..=2 {
+        let m = create(&h, &send(phone, 600_000)).await;
+        assert_eq!(m["state"], "rcs_sending", "message {n}");
+        let id = m["message_id"].as_str().unwrap().to_owned();
+        let m = h.wait_state(&id, "sms_delivered").await;
+        assert_eq!(event(&m, "rcs_unreachable")["detail"]["status"], 404);
+    }
+    assert_eq!(h.s.google.sends().len(), 2);
+}
+
+#[tokio::test]
 async fn send_mode_requests_are_checked_and_nothing_is_stored_on_error() {
     let h = start().await;
     let phone = "+15557000007";
@@ -242,6 +263,12 @@ async fn send_mode_requests_are_checked_and_nothing_is_stored_on_error() {
         (
             json!({ "rcs": { "contentMessage": { "text": "x" }, "ttl": "60s" } }),
             "rcs.ttl",
+            "set by rbm-fallback",
+        ),
+        (
+            json!({ "rcs": { "contentMessage": { "text": "x" },
+                             "expireTime": "2030-01-01T00:00:00Z" } }),
+            "rcs.expireTime",
             "set by rbm-fallback",
         ),
         (
