@@ -71,11 +71,6 @@ fn state_changes(resource: &Value) -> usize {
         .count()
 }
 
-async fn ok_event(h: &Harness, event: &Value) {
-    let status = h.s.google.post_event(event).await.unwrap();
-    assert_eq!(status, 200, "{event}");
-}
-
 // ---------------------------------------------------------------------------
 // Google: verification handshake
 
@@ -152,8 +147,7 @@ async fn signed_delivered_for_a_pending_message_marks_it_delivered() {
     let h = start().await;
     let phone = "+14155550201";
     let id = h.send_and_register(phone, TEN_MINUTES_MS).await;
-    let event = google_event(&h, "DELIVERED", phone, &id);
-    ok_event(&h, &event).await;
+    let event = h.google_reports("DELIVERED", phone, &id).await;
     // Recorded and applied before the 200: no waiting needed.
     let m = h.get(&id).await;
     assert_eq!(m["state"], "delivered");
@@ -177,8 +171,7 @@ async fn a_delivery_reported_before_registration_settles_the_registration_and_it
     let id = uuid::Uuid::new_v4().to_string();
     h.s.google.agent_send(phone, &id, None);
     // The phone was online at once: Google reports before the agent registers.
-    let event = google_event(&h, "DELIVERED", phone, &id);
-    ok_event(&h, &event).await;
+    let event = h.google_reports("DELIVERED", phone, &id).await;
     let r = h.post(&message(phone, &id, TEN_MINUTES_MS)).await;
     assert_eq!(r.status(), 201);
     let answer: Value = r.json().await.unwrap();
@@ -195,7 +188,7 @@ async fn read_alone_implies_delivered() {
     let h = start().await;
     let phone = "+14155550202";
     let id = h.send_and_register(phone, TEN_MINUTES_MS).await;
-    ok_event(&h, &google_event(&h, "READ", phone, &id)).await;
+    h.google_reports("READ", phone, &id).await;
     let m = h.get(&id).await;
     assert_eq!(m["state"], "delivered");
     assert_eq!(m["outcome"], "rcs");
@@ -350,7 +343,7 @@ async fn a_redelivered_event_is_applied_once() {
     let id = h.send_and_register(phone, TEN_MINUTES_MS).await;
     let event = google_event(&h, "DELIVERED", phone, &id);
     for _ in 0..3 {
-        ok_event(&h, &event).await;
+        h.google_posts(&event).await;
     }
     // Pub/Sub redelivery of the very same envelope too.
     let (body, sig) = h.s.google.envelope(&event);
@@ -361,7 +354,7 @@ async fn a_redelivered_event_is_applied_once() {
     // And with the agent in its other form: still the same event.
     let mut bare = event.clone();
     bare["agentId"] = json!(h.s.google.agent_id());
-    ok_event(&h, &bare).await;
+    h.google_posts(&bare).await;
     let m = h.get(&id).await;
     assert_eq!(m["state"], "delivered");
     assert_eq!(kinds(&m), ["registered", "rcs_delivered"]);
@@ -373,7 +366,7 @@ async fn delivered_read_delivered_changes_state_once() {
     let phone = "+14155550207";
     let id = h.send_and_register(phone, TEN_MINUTES_MS).await;
     for kind in ["DELIVERED", "READ", "DELIVERED"] {
-        ok_event(&h, &google_event(&h, kind, phone, &id)).await;
+        h.google_reports(kind, phone, &id).await;
     }
     let m = h.get(&id).await;
     assert_eq!(m["state"], "delivered");
@@ -396,8 +389,8 @@ async fn ttl_revoked_after_delivered_stays_delivered() {
     let (phone, control_phone) = ("+14155550208", "+14155550209");
     let id = h.send_and_register(phone, TEN_MINUTES_MS).await;
     let control = h.send_and_register(control_phone, TEN_MINUTES_MS).await;
-    ok_event(&h, &google_event(&h, "DELIVERED", phone, &id)).await;
-    ok_event(&h, &google_event(&h, "TTL_EXPIRATION_REVOKED", phone, &id)).await;
+    h.google_reports("DELIVERED", phone, &id).await;
+    h.google_reports("TTL_EXPIRATION_REVOKED", phone, &id).await;
     let m = h.get(&id).await;
     assert_eq!(m["state"], "delivered");
     assert_eq!(m["outcome"], "rcs");
@@ -408,11 +401,8 @@ async fn ttl_revoked_after_delivered_stays_delivered() {
     // The same TTL event on a pending control message leads to an SMS
     // after the confirm window; once it went out, the window of the first
     // message (had it opened one) is over too.
-    ok_event(
-        &h,
-        &google_event(&h, "TTL_EXPIRATION_REVOKED", control_phone, &control),
-    )
-    .await;
+    h.google_reports("TTL_EXPIRATION_REVOKED", control_phone, &control)
+        .await;
     let sms = h.s.twilio.wait_for_messages(1, WAIT).await.unwrap();
     assert_eq!(sms[0].to, control_phone);
     h.wait_state(&control, "sms_delivered").await;
@@ -426,7 +416,7 @@ async fn ttl_revoked_on_pending_confirms_then_falls_back_to_sms() {
     let h = start().await;
     let phone = "+14155550210";
     let id = h.send_and_register(phone, TEN_MINUTES_MS).await;
-    ok_event(&h, &google_event(&h, "TTL_EXPIRATION_REVOKED", phone, &id)).await;
+    h.google_reports("TTL_EXPIRATION_REVOKED", phone, &id).await;
     let m = h.get(&id).await;
     assert_eq!(m["state"], "confirming");
     assert_eq!(m["outcome"], "none");
@@ -456,11 +446,8 @@ async fn ttl_revoke_failed_on_pending_means_delivered() {
     let h = start().await;
     let phone = "+14155550211";
     let id = h.send_and_register(phone, TEN_MINUTES_MS).await;
-    ok_event(
-        &h,
-        &google_event(&h, "TTL_EXPIRATION_REVOKE_FAILED", phone, &id),
-    )
-    .await;
+    h.google_reports("TTL_EXPIRATION_REVOKE_FAILED", phone, &id)
+        .await;
     let m = h.get(&id).await;
     assert_eq!(m["state"], "delivered");
     assert_eq!(m["outcome"], "rcs");
@@ -486,14 +473,14 @@ async fn unknown_ids_and_events_needing_no_action_are_acknowledged() {
         "TTL_EXPIRATION_REVOKED",
         "TTL_EXPIRATION_REVOKE_FAILED",
     ] {
-        ok_event(&h, &google_event(&h, kind, phone, "not-registered-here")).await;
+        h.google_reports(kind, phone, "not-registered-here").await;
     }
     // User events that need no action, even naming our message.
     for kind in ["IS_TYPING", "SUBSCRIBE", "UNSUBSCRIBE"] {
-        ok_event(&h, &google_event(&h, kind, phone, &id)).await;
+        h.google_reports(kind, phone, &id).await;
         let mut without_id = google_event(&h, kind, phone, &id);
         without_id.as_object_mut().unwrap().remove("messageId");
-        ok_event(&h, &without_id).await;
+        h.google_posts(&without_id).await;
     }
     // User messages: no eventType, a messageId assigned by the phone (here
     // deliberately equal to ours, which must not matter), and no eventId.
@@ -514,7 +501,7 @@ async fn unknown_ids_and_events_needing_no_action_are_acknowledged() {
         ev.as_object_mut()
             .unwrap()
             .extend(content.as_object().unwrap().clone());
-        ok_event(&h, &ev).await;
+        h.google_posts(&ev).await;
     }
     // An agent launch event, marked only by the envelope's attributes.
     let launch = json!({
@@ -563,7 +550,7 @@ async fn unknown_ids_and_events_needing_no_action_are_acknowledged() {
         "no message appeared"
     );
     // The pending message still works normally.
-    ok_event(&h, &google_event(&h, "DELIVERED", phone, &id)).await;
+    h.google_reports("DELIVERED", phone, &id).await;
     assert_eq!(h.get(&id).await["state"], "delivered");
 }
 
@@ -578,10 +565,10 @@ async fn agent_id_with_or_without_the_domain_is_our_agent() {
 
     let mut ev = google_event(&h, "DELIVERED", phone, &a);
     ev["agentId"] = json!(agent);
-    ok_event(&h, &ev).await;
+    h.google_posts(&ev).await;
     let mut ev = google_event(&h, "READ", phone, &b);
     ev["agentId"] = json!(format!("{agent}@rbm.goog"));
-    ok_event(&h, &ev).await;
+    h.google_posts(&ev).await;
     assert_eq!(h.get(&a).await["state"], "delivered");
     assert_eq!(h.get(&b).await["state"], "delivered");
 
@@ -589,7 +576,7 @@ async fn agent_id_with_or_without_the_domain_is_our_agent() {
     for other in ["other-agent@rbm.goog", "other-agent", "x{agent}@rbm.goog"] {
         let mut ev = google_event(&h, "DELIVERED", phone, &c);
         ev["agentId"] = json!(other.replace("{agent}", &agent));
-        ok_event(&h, &ev).await;
+        h.google_posts(&ev).await;
     }
     let mc = h.get(&c).await;
     assert_eq!(mc["state"], "pending");
@@ -913,7 +900,7 @@ async fn delivered_while_the_revoke_is_in_flight_wins_and_no_sms_follows() {
     let id = h.send_and_register(phone, 200).await;
     h.s.google.wait_for_revoke_arrivals(1, WAIT).await.unwrap();
     assert_eq!(h.get(&id).await["state"], "revoking");
-    ok_event(&h, &google_event(&h, "DELIVERED", phone, &id)).await;
+    h.google_reports("DELIVERED", phone, &id).await;
     let m = h.get(&id).await;
     assert_eq!(m["state"], "delivered");
     assert_eq!(m["outcome"], "rcs");
@@ -939,7 +926,7 @@ async fn ttl_revoked_while_the_revoke_is_in_flight_leads_to_one_sms() {
     h.s.google.hold_revokes(true);
     let id = h.send_and_register(phone, 200).await;
     h.s.google.wait_for_revoke_arrivals(1, WAIT).await.unwrap();
-    ok_event(&h, &google_event(&h, "TTL_EXPIRATION_REVOKED", phone, &id)).await;
+    h.google_reports("TTL_EXPIRATION_REVOKED", phone, &id).await;
     assert_eq!(h.get(&id).await["state"], "confirming");
     h.s.google.hold_revokes(false);
 
@@ -959,7 +946,7 @@ async fn delivered_after_the_sms_went_out_makes_the_outcome_both() {
     let h = start().await;
     let phone = "+14155550221";
     let (id, _, _) = fallen_back(&h, phone).await;
-    ok_event(&h, &google_event(&h, "DELIVERED", phone, &id)).await;
+    h.google_reports("DELIVERED", phone, &id).await;
     let m = h.get(&id).await;
     assert_eq!(m["state"], "sms_delivered", "never backwards");
     assert_eq!(m["outcome"], "both");
@@ -967,7 +954,7 @@ async fn delivered_after_the_sms_went_out_makes_the_outcome_both() {
     assert_eq!(last["kind"], "rcs_delivered");
     assert_eq!(last["state_before"], "sms_delivered");
     // A READ after that is only recorded.
-    ok_event(&h, &google_event(&h, "READ", phone, &id)).await;
+    h.google_reports("READ", phone, &id).await;
     let again = h.get(&id).await;
     assert_eq!(again["state"], "sms_delivered");
     assert_eq!(again["outcome"], "both");

@@ -197,14 +197,17 @@ impl Harness {
     }
 
     /// Google reports `event_type` for the message, signed, and the
-    /// service acknowledges it.
-    pub async fn google_reports(&self, event_type: &str, phone: &str, message_id: &str) {
+    /// service acknowledges it. Returns the event as sent.
+    pub async fn google_reports(&self, event_type: &str, phone: &str, message_id: &str) -> Value {
         let event = google_event(self, event_type, phone, message_id);
-        let status = self.s.google.post_event(&event).await.unwrap();
-        assert_eq!(
-            status, 200,
-            "{event_type} for {message_id} not acknowledged"
-        );
+        self.google_posts(&event).await;
+        event
+    }
+
+    /// Google posts `event`, signed, and the service acknowledges it.
+    pub async fn google_posts(&self, event: &Value) {
+        let status = self.s.google.post_event(event).await.unwrap();
+        assert_eq!(status, 200, "not acknowledged: {event}");
     }
 
     pub async fn sms_to(&self, phone: &str) -> usize {
