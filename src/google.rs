@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use reqwest::StatusCode;
+use reqwest::{Method, StatusCode};
 use tokio::sync::{Mutex, RwLock};
 
 use crate::config::RbmSettings;
@@ -234,15 +234,10 @@ impl RbmClient {
         body: &serde_json::Value,
     ) -> Result<SendAnswer, CallError> {
         let endpoint = self.endpoint(agent_id);
-        let mut url = endpoint.url(["v1", "phones", phone, "agentMessages"])?;
-        url.query_pairs_mut()
-            .append_pair("messageId", message_id)
-            .append_pair("agentId", agent_id);
-        let token = endpoint.token().await?;
-        let response = self
-            .http
-            .post(url)
-            .bearer_auth(&*token)
+        let response = endpoint
+            .agent_messages(&self.http, Method::POST, agent_id, phone, None)
+            .await?
+            .query(&[("messageId", message_id)])
             .json(body)
             .send()
             .await
@@ -264,13 +259,15 @@ impl RbmClient {
         message_id: &str,
     ) -> Result<Revoked, CallError> {
         let endpoint = self.endpoint(agent_id);
-        let mut url = endpoint.url(["v1", "phones", phone, "agentMessages", message_id])?;
-        url.query_pairs_mut().append_pair("agentId", agent_id);
-        let token = endpoint.token().await?;
-        let response = self
-            .http
-            .delete(url)
-            .bearer_auth(&*token)
+        let response = endpoint
+            .agent_messages(
+                &self.http,
+                Method::DELETE,
+                agent_id,
+                phone,
+                Some(message_id),
+            )
+            .await?
             .send()
             .await
             .map_err(CallError::from_reqwest)?;
@@ -308,6 +305,26 @@ impl AgentEndpoint {
             .map_err(|_| bad("bad base URL".into()))?
             .extend(segments);
         Ok(url)
+    }
+
+    /// A request to `phones/{phone}/agentMessages[/{message_id}]` on the
+    /// agent's behalf: `agentId` in the query and a bearer token attached.
+    async fn agent_messages(
+        &self,
+        http: &reqwest::Client,
+        method: Method,
+        agent_id: &str,
+        phone: &str,
+        message_id: Option<&str>,
+    ) -> Result<reqwest::RequestBuilder, CallError> {
+        let mut url = self.url(
+            ["v1", "phones", phone, "agentMessages"]
+                .into_iter()
+                .chain(message_id),
+        )?;
+        url.query_pairs_mut().append_pair("agentId", agent_id);
+        let token = self.token().await?;
+        Ok(http.request(method, url).bearer_auth(&*token))
     }
 
     async fn token(&self) -> Result<Arc<str>, CallError> {
