@@ -536,9 +536,6 @@ pub struct Ground {
     /// The service's sends of RBM messages, per phone (each message has a
     /// phone of its own, so a phone's sends should all carry its id).
     sends: HashMap<String, Vec<Send>>,
-    /// Messages Google holds: a send of them was carried out with a 200,
-    /// whether or not the answer reached the service.
-    at_google: HashSet<String>,
 }
 
 /// The sends of a run's send-mode messages, as Google saw them.
@@ -627,11 +624,7 @@ impl Ground {
                 .push((a.at, a.event_type, a.status));
         }
         let mut sends: HashMap<String, Vec<Send>> = HashMap::new();
-        let mut at_google = HashSet::new();
         for r in rig.google.sends() {
-            if r.status == 200 {
-                at_google.insert(r.message_id.clone());
-            }
             sends.entry(r.phone).or_default().push(Send {
                 message_id: r.message_id,
                 received: r.received_at,
@@ -643,7 +636,6 @@ impl Ground {
         }
         Ground {
             sends,
-            at_google,
             webhooks,
             sms_to,
             delivered_told,
@@ -651,6 +643,15 @@ impl Ground {
             undelivered_told,
             deletes,
         }
+    }
+
+    /// Whether Google holds the message: a send of it carried out with a
+    /// 200, whether or not the answer reached the service.
+    fn at_google(&self, t: &Tracked) -> bool {
+        self.sends.get(&t.phone).is_some_and(|s| {
+            s.iter()
+                .any(|s| s.message_id == t.message_id && s.status == 200)
+        })
     }
 
     pub fn sms_count(&self, phone: &str) -> usize {
@@ -662,7 +663,7 @@ impl Ground {
         let mut n = SendCounts::default();
         for t in tracked.iter().filter(|t| t.class.send_mode()) {
             n.messages += 1;
-            n.at_google += usize::from(self.at_google.contains(&t.message_id));
+            n.at_google += usize::from(self.at_google(t));
             for s in self.sends.get(&t.phone).into_iter().flatten() {
                 n.sends += 1;
                 n.not_found += usize::from(s.status == 404);
@@ -726,7 +727,7 @@ pub fn expect(t: &Tracked, g: &Ground, trouble: Trouble) -> Expect {
     // expired message: read as delivered unless an earlier revoke may have
     // removed it, then the SMS goes out.
     const UNTOLD: Expect = Expect::Either(&["rcs", "sms"]);
-    if t.class.send_mode() && !g.at_google.contains(&t.message_id) {
+    if t.class.send_mode() && !g.at_google(t) {
         // No send ever took effect (refused, failed, or the deadline came
         // first): the phone cannot have it, and the SMS goes.
         return Expect::Exactly("sms");

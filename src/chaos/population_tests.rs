@@ -30,7 +30,6 @@ fn ground() -> Ground {
         deletes: HashMap::new(),
         webhooks: HashMap::new(),
         sends: HashMap::new(),
-        at_google: HashSet::new(),
     }
 }
 
@@ -48,11 +47,6 @@ fn send(id: &str, status: u16, traffic: &str) -> Send {
 
 /// Google saw `sends` for the message's phone.
 fn with_sends(mut g: Ground, sends: Vec<Send>) -> Ground {
-    for s in &sends {
-        if s.status == 200 {
-            g.at_google.insert(s.message_id.clone());
-        }
-    }
     g.sends.insert(PHONE.into(), sends);
     g
 }
