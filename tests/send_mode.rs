@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use common::*;
 use rbm_fallback::emulator::google::{GoogleFaults, PhoneBehaviour};
+use rbm_fallback::sandbox::demo::quiet_hours_now;
 use serde_json::{json, Value};
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -438,18 +439,6 @@ async fn send_sms_policy_sends_when_a_failed_revoke_is_never_proven() {
     assert_eq!(h.sms_to(phone).await, 1);
 }
 
-/// Quiet hours from an hour ago to two hours ahead, in UTC.
-fn quiet_now(action: &str) -> Value {
-    let now = chrono::Utc::now();
-    let hhmm = |t: chrono::DateTime<chrono::Utc>| t.format("%H:%M").to_string();
-    json!({
-        "start": hhmm(now - chrono::TimeDelta::hours(1)),
-        "end": hhmm(now + chrono::TimeDelta::hours(2)),
-        "time_zone": "UTC",
-        "action": action,
-    })
-}
-
 #[tokio::test]
 async fn quiet_hours_hold_the_sms_until_they_end_or_drop_it() {
     let h = start().await;
@@ -457,7 +446,7 @@ async fn quiet_hours_hold_the_sms_until_they_end_or_drop_it() {
     h.s.google.set_phone(phone, PhoneBehaviour::NotRcs);
 
     let mut wait = send(phone, 600_000);
-    wait["policy"] = json!({ "quiet_hours": quiet_now("wait") });
+    wait["policy"] = json!({ "quiet_hours": quiet_hours_now("wait") });
     let m = create(&h, &wait).await;
     let id = m["message_id"].as_str().unwrap().to_owned();
     let m = h
@@ -475,7 +464,7 @@ async fn quiet_hours_hold_the_sms_until_they_end_or_drop_it() {
     assert!(next > chrono::Utc::now() + chrono::TimeDelta::minutes(118));
 
     let mut drop = send(phone, 600_000);
-    drop["policy"] = json!({ "quiet_hours": quiet_now("drop") });
+    drop["policy"] = json!({ "quiet_hours": quiet_hours_now("drop") });
     let m = create(&h, &drop).await;
     let id = m["message_id"].as_str().unwrap().to_owned();
     let m = h.wait_state(&id, "sms_skipped").await;

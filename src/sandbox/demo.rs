@@ -112,7 +112,7 @@ impl Scenario {
 
 /// Quiet hours from an hour ago to two hours ahead, in UTC: they cover
 /// the whole run.
-fn quiet_hours_now(action: &str) -> Value {
+pub fn quiet_hours_now(action: &str) -> Value {
     let now = Utc::now();
     let hhmm = |t: chrono::DateTime<Utc>| t.format("%H:%M").to_string();
     json!({
