@@ -365,7 +365,16 @@ mod unit {
 
     #[test]
     fn traffic_types() {
-        for t in TRAFFIC_TYPES {
+        // Google's names, written out: looping over TRAFFIC_TYPES itself
+        // would accept whatever the constant holds.
+        for t in [
+            "MESSAGE_TRAFFIC_TYPE_UNSPECIFIED",
+            "AUTHENTICATION",
+            "TRANSACTION",
+            "PROMOTION",
+            "SERVICEREQUEST",
+            "ACKNOWLEDGEMENT",
+        ] {
             let body =
                 format!(r#"{{"contentMessage":{{"text":"hi"}},"messageTrafficType":"{t}"}}"#);
             assert_eq!(parse(&body).map(|b| b.traffic_type), Ok(Some(t.to_owned())));
