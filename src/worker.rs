@@ -637,9 +637,9 @@ fn recorder(store: Store, policy: Policy, max_batch: usize) -> Recorder {
     Batcher::start(
         max_batch,
         store.group_flushes(),
-        move |results: Vec<WorkResult>| {
+        move |results: Vec<WorkResult>, turn| {
             let store = store.clone();
-            async move { store.record_results(&results, &policy).await }
+            async move { store.record_results(&results, &policy, turn).await }
         },
     )
 }

@@ -80,20 +80,22 @@ impl Writes {
     fn start(store: &Store, policy: Policy) -> Writes {
         let flushes = store.group_flushes();
         let s = store.clone();
-        let registrations = Batcher::start(GROUP_MAX, flushes, move |batch: Vec<NewMessage>| {
+        let registrations =
+            Batcher::start(GROUP_MAX, flushes, move |batch: Vec<NewMessage>, turn| {
+                let s = s.clone();
+                async move { s.register_batch_with_history(&batch, &policy, turn).await }
+            });
+        let s = store.clone();
+        let rbm_events = Batcher::start(GROUP_MAX, flushes, move |batch: Vec<RbmEvent>, turn| {
             let s = s.clone();
-            async move { s.register_batch_with_history(&batch, &policy).await }
+            async move { s.ingest_rbm_events(&batch, &policy, turn).await }
         });
         let s = store.clone();
-        let rbm_events = Batcher::start(GROUP_MAX, flushes, move |batch: Vec<RbmEvent>| {
-            let s = s.clone();
-            async move { s.ingest_rbm_events(&batch, &policy).await }
-        });
-        let s = store.clone();
-        let sms_statuses = Batcher::start(GROUP_MAX, flushes, move |batch: Vec<OutsideInput>| {
-            let s = s.clone();
-            async move { s.apply_to_many(&batch, &policy).await }
-        });
+        let sms_statuses =
+            Batcher::start(GROUP_MAX, flushes, move |batch: Vec<OutsideInput>, turn| {
+                let s = s.clone();
+                async move { s.apply_to_many(&batch, &policy, turn).await }
+            });
         Writes {
             registrations,
             rbm_events,

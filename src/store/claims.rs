@@ -14,6 +14,7 @@
 
 use uuid::Uuid;
 
+use super::batch::Turn;
 use super::transitions::{lock_by_ids, Caller, Change};
 use super::{Applied, MessageRow, Store, StoreError};
 use crate::domain::{Action, Input, Policy, Verdict};
@@ -86,6 +87,7 @@ impl Store {
         &self,
         results: &[WorkResult],
         policy: &Policy,
+        mut turn: Turn,
     ) -> Result<Vec<Applied>, StoreError> {
         let mut ids: Vec<i64> = results.iter().map(|r| r.id).collect();
         ids.sort_unstable();
@@ -108,6 +110,7 @@ impl Store {
             })
             .collect();
         let (applied, due_in) = self.apply_all(&mut tx, rows, changes, policy).await?;
+        turn.pass();
         tx.commit().await?;
         self.poke(due_in);
         Ok(applied)

@@ -6,6 +6,7 @@ use chrono::{DateTime, Utc};
 
 use sqlx::PgConnection;
 
+use super::batch::Turn;
 use super::transitions::{Caller, Change};
 use super::{EventRow, MessageRow, Store, StoreError};
 use crate::domain::{Input, OnUncertain, Policy};
@@ -68,7 +69,7 @@ impl Store {
         policy: &Policy,
     ) -> Result<Vec<Registered>, StoreError> {
         Ok(self
-            .register_batch_with(batch, policy, false)
+            .register_batch_with(batch, policy, false, Turn::none())
             .await?
             .into_iter()
             .map(|(r, _)| r)
@@ -83,8 +84,9 @@ impl Store {
         &self,
         batch: &[NewMessage],
         policy: &Policy,
+        turn: Turn,
     ) -> Result<Vec<(Registered, Vec<EventRow>)>, StoreError> {
-        self.register_batch_with(batch, policy, true)
+        self.register_batch_with(batch, policy, true, turn)
             .await?
             .into_iter()
             .map(|(r, events)| match (&r, events) {
@@ -101,6 +103,7 @@ impl Store {
         batch: &[NewMessage],
         policy: &Policy,
         histories: bool,
+        mut turn: Turn,
     ) -> Result<Vec<(Registered, Option<Vec<EventRow>>)>, StoreError> {
         if batch.is_empty() {
             return Ok(Vec::new());
@@ -220,6 +223,7 @@ impl Store {
         let soonest = created.iter().filter_map(|m| m.due_at).min();
         let due_in = soonest.map(|d| (d - Utc::now()).to_std().unwrap_or_default());
         self.announce(&mut tx, due_in).await?;
+        turn.pass();
         tx.commit().await?;
         self.poke(due_in);
 

@@ -4,6 +4,7 @@
 
 use std::collections::{HashMap, HashSet};
 
+use super::batch::Turn;
 use super::transitions::{lock_by_message_ids, Caller, Change};
 use super::{Applied, MessageRow, Store, StoreError};
 use crate::domain::{Input, Policy};
@@ -39,6 +40,7 @@ impl Store {
         &self,
         events: &[RbmEvent],
         policy: &Policy,
+        mut turn: Turn,
     ) -> Result<Vec<Ingested>, StoreError> {
         let mut tx = self.pool.begin().await?;
         let (agents, ids): (Vec<String>, Vec<String>) = events
@@ -140,6 +142,7 @@ impl Store {
             targets.push(target.is_some());
         }
         let (applied, due_in) = self.apply_all(&mut tx, rows, changes, policy).await?;
+        turn.pass();
         tx.commit().await?;
         self.poke(due_in);
         let mut applied = applied.into_iter();

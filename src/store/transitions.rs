@@ -14,6 +14,7 @@ use chrono::Utc;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
+use super::batch::Turn;
 use super::{MessageRow, Store, StoreError};
 use crate::domain::{self, Due, Input, Lease, Outcome, Policy, RcsSendResult, Verdict};
 
@@ -120,6 +121,7 @@ impl Store {
         &self,
         inputs: &[OutsideInput],
         policy: &Policy,
+        mut turn: Turn,
     ) -> Result<Vec<Option<Applied>>, StoreError> {
         let names: Vec<String> = inputs.iter().map(|i| i.message_id.clone()).collect();
         let mut tx = self.pool.begin().await?;
@@ -142,6 +144,7 @@ impl Store {
             })
             .collect();
         let (applied, due_in) = self.apply_all(&mut tx, rows, changes, policy).await?;
+        turn.pass();
         tx.commit().await?;
         self.poke(due_in);
         let mut applied = applied.into_iter();
@@ -212,9 +215,8 @@ impl Store {
                     {
                         reach.unreachable(row, *status, detail);
                     }
-                    // The event first: its time then precedes the start of
-                    // any wait the step schedules, so the history shows waits
-                    // at their full length.
+                    // The event first, while the row still holds the state
+                    // the step leaves.
                     events.push(
                         row.id,
                         step.event,
@@ -271,9 +273,14 @@ impl Store {
                 message: p.row.clone(),
             });
         }
-        append_events(conn, events).await?;
-        let stored = update_rows(conn, pending.into_values().filter(|p| p.dirty)).await?;
-        reach.store(conn, self.unreachable_for).await?;
+        reach.mark_unreachable(conn, self.unreachable_for).await?;
+        let stored = write_steps(
+            conn,
+            events,
+            pending.into_values().filter(|p| p.dirty),
+            reach.reachable,
+        )
+        .await?;
         // What the database set (due time, update time) is what callers see.
         for m in applied
             .iter_mut()
@@ -364,12 +371,18 @@ impl Reachability {
             .push((row.agent_id.clone(), row.phone.clone()));
     }
 
-    async fn store(self, conn: &mut PgConnection, ttl: Duration) -> Result<(), StoreError> {
+    /// Rare (a send answered 404/403), so a statement of its own; phones
+    /// proved reachable are written with the steps (see [`write_steps`]).
+    async fn mark_unreachable(
+        &mut self,
+        conn: &mut PgConnection,
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
         if !self.unreachable.is_empty() && !ttl.is_zero() {
             let mut seen = std::collections::HashSet::new();
             let (mut agents, mut phones, mut reasons) = (Vec::new(), Vec::new(), Vec::new());
             // ON CONFLICT may not touch one row twice in a statement.
-            for (agent, phone, reason) in self.unreachable {
+            for (agent, phone, reason) in std::mem::take(&mut self.unreachable) {
                 if seen.insert((agent.clone(), phone.clone())) {
                     agents.push(agent);
                     phones.push(phone);
@@ -392,17 +405,6 @@ impl Reachability {
             .execute(&mut *conn)
             .await?;
         }
-        if !self.reachable.is_empty() {
-            let (agents, phones): (Vec<String>, Vec<String>) = self.reachable.into_iter().unzip();
-            sqlx::query!(
-                "DELETE FROM rcs_unreachable
-                 WHERE (agent_id, phone) IN (SELECT * FROM UNNEST($1::text[], $2::text[]))",
-                &agents,
-                &phones
-            )
-            .execute(&mut *conn)
-            .await?;
-        }
         Ok(())
     }
 }
@@ -419,11 +421,15 @@ fn with_note(detail: serde_json::Value, note: Option<&str>) -> serde_json::Value
     }
 }
 
-/// Stores the final fields of every changed row in one statement; returns
-/// them as stored, by id.
-async fn update_rows(
+/// Writes a batch's steps in one statement (one round trip, which on a busy
+/// machine costs as much as the writes): the history events, the final
+/// fields of every changed row, and the phones a delivery proved reachable
+/// again. Returns the rows as stored, by id.
+async fn write_steps(
     conn: &mut PgConnection,
+    events: Events,
     rows: impl Iterator<Item = Pending>,
+    reachable: Vec<(String, String)>,
 ) -> Result<HashMap<i64, MessageRow>, StoreError> {
     let mut ids = Vec::new();
     let mut states = Vec::new();
@@ -463,12 +469,30 @@ async fn update_rows(
         tokens.push(row.lease_token);
         attempts.push(row.attempts);
     }
-    if ids.is_empty() {
+    if ids.is_empty() && events.ids.is_empty() && reachable.is_empty() {
         return Ok(HashMap::new());
     }
+    let (reach_agents, reach_phones): (Vec<String>, Vec<String>) = reachable.into_iter().unzip();
+    // The three parts touch different tables, so sharing one snapshot is
+    // harmless. UNNEST yields rows in array order, so event ids follow the
+    // order in which the inputs applied. One instant, taken once, is both the
+    // events' time and the start of the waits they schedule, so the history
+    // shows every wait at its full length.
     let updated = sqlx::query_as!(
         MessageRow,
-        r#"UPDATE messages AS m SET
+        r#"WITH instant AS MATERIALIZED (
+               SELECT clock_timestamp() AS at
+           ), history AS (
+               INSERT INTO message_events (message_id, at, kind, state_before, state_after, detail)
+               SELECT id, instant.at, kind, before, after, detail::jsonb
+               FROM UNNEST($13::bigint[], $14::text[], $15::text[], $16::text[], $17::text[])
+                    AS t(id, kind, before, after, detail)
+               CROSS JOIN instant
+           ), reachable AS (
+               DELETE FROM rcs_unreachable
+               WHERE (agent_id, phone) IN (SELECT * FROM UNNEST($18::text[], $19::text[]))
+           )
+           UPDATE messages AS m SET
                state = u.state,
                outcome = u.outcome,
                rcs_delivered = u.rcs_delivered,
@@ -478,7 +502,7 @@ async fn update_rows(
                sms_status = u.sms_status,
                due_at = CASE u.due_mode
                    WHEN 'never' THEN NULL
-                   WHEN 'in' THEN clock_timestamp() + u.due_ms * interval '1 millisecond'
+                   WHEN 'in' THEN instant.at + u.due_ms * interval '1 millisecond'
                    WHEN 'deadline' THEN m.deadline
                    ELSE m.due_at END,
                lease_token = u.lease_token,
@@ -488,6 +512,7 @@ async fn update_rows(
                        $7::text[], $8::text[], $9::text[], $10::bigint[], $11::uuid[], $12::int[])
                 AS u(id, state, outcome, rcs_delivered, rcs_inferred, in_doubt,
                      sms_sid, sms_status, due_mode, due_ms, lease_token, attempts)
+                CROSS JOIN instant
            WHERE m.id = u.id
            RETURNING m.id AS "id!", m.message_id AS "message_id!", m.agent_id AS "agent_id!",
                      m.phone AS "phone!", m.deadline AS "deadline!", m.sms_body AS "sms_body!",
@@ -510,30 +535,15 @@ async fn update_rows(
         &due_ms,
         &tokens as &[Option<Uuid>],
         &attempts,
+        &events.ids,
+        &events.kinds,
+        &events.before as &[Option<String>],
+        &events.after,
+        &events.details,
+        &reach_agents,
+        &reach_phones,
     )
     .fetch_all(&mut *conn)
     .await?;
     Ok(updated.into_iter().map(|r| (r.id, r)).collect())
-}
-
-async fn append_events(conn: &mut PgConnection, e: Events) -> Result<(), StoreError> {
-    if e.ids.is_empty() {
-        return Ok(());
-    }
-    // UNNEST yields rows in array order, so event ids follow the order in
-    // which the inputs applied.
-    sqlx::query!(
-        "INSERT INTO message_events (message_id, kind, state_before, state_after, detail)
-         SELECT id, kind, before, after, detail::jsonb
-         FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[])
-              AS t(id, kind, before, after, detail)",
-        &e.ids,
-        &e.kinds,
-        &e.before as &[Option<String>],
-        &e.after,
-        &e.details,
-    )
-    .execute(conn)
-    .await?;
-    Ok(())
 }
