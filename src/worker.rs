@@ -28,7 +28,7 @@ use crate::domain::{
 };
 use crate::google::{RbmClient, Revoked, SendAnswer};
 use crate::outbound::CallError;
-use crate::store::batch::Batcher;
+use crate::store::batch::{Batcher, Incoming};
 use crate::store::{Applied, Claimed, Store, WorkResult, DUE_CHANNEL};
 use crate::twilio::TwilioClient;
 
@@ -637,9 +637,9 @@ fn recorder(store: Store, policy: Policy, max_batch: usize) -> Recorder {
     Batcher::start(
         max_batch,
         store.group_flushes(),
-        move |results: Vec<WorkResult>, turn| {
+        move |results: Incoming<WorkResult>| {
             let store = store.clone();
-            async move { store.record_results(&results, &policy, turn).await }
+            async move { store.record_results(results, &policy).await }
         },
     )
 }

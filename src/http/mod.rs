@@ -27,7 +27,7 @@ use tower_http::trace::TraceLayer;
 
 use crate::config::Settings;
 use crate::domain::Policy;
-use crate::store::batch::Batcher;
+use crate::store::batch::{Batcher, Incoming};
 use crate::store::{
     Applied, EventRow, Ingested, NewMessage, OutsideInput, RbmEvent, Registered, Store,
 };
@@ -81,20 +81,20 @@ impl Writes {
         let flushes = store.group_flushes();
         let s = store.clone();
         let registrations =
-            Batcher::start(GROUP_MAX, flushes, move |batch: Vec<NewMessage>, turn| {
+            Batcher::start(GROUP_MAX, flushes, move |batch: Incoming<NewMessage>| {
                 let s = s.clone();
-                async move { s.register_batch_with_history(&batch, &policy, turn).await }
+                async move { s.register_batch_with_history(batch, &policy).await }
             });
         let s = store.clone();
-        let rbm_events = Batcher::start(GROUP_MAX, flushes, move |batch: Vec<RbmEvent>, turn| {
+        let rbm_events = Batcher::start(GROUP_MAX, flushes, move |batch: Incoming<RbmEvent>| {
             let s = s.clone();
-            async move { s.ingest_rbm_events(&batch, &policy, turn).await }
+            async move { s.ingest_rbm_events(batch, &policy).await }
         });
         let s = store.clone();
         let sms_statuses =
-            Batcher::start(GROUP_MAX, flushes, move |batch: Vec<OutsideInput>, turn| {
+            Batcher::start(GROUP_MAX, flushes, move |batch: Incoming<OutsideInput>| {
                 let s = s.clone();
-                async move { s.apply_to_many(&batch, &policy, turn).await }
+                async move { s.apply_to_many(batch, &policy).await }
             });
         Writes {
             registrations,

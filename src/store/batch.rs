@@ -3,32 +3,51 @@
 //! covers many requests, while a lone request is written at once, with no
 //! timer to wait for.
 //!
-//! Batches are pipelined: the next batch starts once the previous one has
-//! run its statements and waits for its commit to be flushed, so that the
-//! flush of one overlaps the work of the next while each batch still takes
-//! everything that queued behind the one before.
+//! Batches are pipelined. While one batch runs its statements, the next
+//! opens its transaction as soon as its first request is queued; it takes
+//! the rest of what queued when the previous batch hands on its [`Turn`],
+//! right before committing. So neither opening a transaction nor flushing a
+//! commit holds up the next batch, and each batch still takes everything
+//! that queued behind the one before, in arrival order.
 
 use std::future::Future;
-use std::sync::Arc;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
 use super::StoreError;
 
 /// A batch's turn to run statements. The batch passes it on when only its
-/// commit is left (dropping it does the same), which starts the next batch.
+/// commit is left (dropping it does the same), which lets the next batch go.
 #[must_use = "dropping the turn starts the next batch at once"]
 pub struct Turn(Option<OwnedSemaphorePermit>);
 
 impl Turn {
-    /// For a write outside any batcher: nobody waits for the turn.
-    pub fn none() -> Turn {
-        Turn(None)
-    }
-
     /// Called right before the commit.
     pub fn pass(&mut self) {
         self.0 = None;
+    }
+}
+
+/// The requests of a batch, handed over by [`Incoming::open`] once the
+/// writer has opened its transaction.
+pub struct Incoming<T> {
+    open: Pin<Box<dyn Future<Output = (Vec<T>, Turn)> + Send>>,
+}
+
+impl<T: Send + 'static> Incoming<T> {
+    /// A batch written outside any batcher: nobody waits for its turn.
+    pub fn ready(items: Vec<T>) -> Incoming<T> {
+        Incoming {
+            open: Box::pin(async move { (items, Turn(None)) }),
+        }
+    }
+
+    /// Waits for this batch's turn and takes its requests: everything queued
+    /// by then, in arrival order.
+    pub async fn open(self) -> (Vec<T>, Turn) {
+        self.open.await
     }
 }
 
@@ -51,18 +70,21 @@ impl<T, R> Clone for Batcher<T, R> {
 
 impl<T: Send + 'static, R: Send + 'static> Batcher<T, R> {
     /// At most `in_flight` batches are written at the same time, and only
-    /// one of them runs its statements: `run` gets the [`Turn`] and passes it
-    /// right before it commits. With one in flight, batches are written one
-    /// after the other. Callers of `run` must lock rows in a fixed order
-    /// (e.g. by id) so that concurrent batches cannot deadlock. The task ends
-    /// when every clone of the batcher is dropped.
+    /// the one holding the [`Turn`] runs statements: `run` opens its
+    /// transaction, calls [`Incoming::open`], and passes the turn right
+    /// before it commits. With one in flight, batches are written one after
+    /// the other. Callers of `run` must lock rows in a fixed order (e.g. by
+    /// id) so that concurrent batches cannot deadlock. The task ends when
+    /// every clone of the batcher is dropped.
     pub fn start<F, Fut>(max_batch: usize, in_flight: usize, run: F) -> Batcher<T, R>
     where
-        F: Fn(Vec<T>, Turn) -> Fut + Send + Sync + 'static,
+        F: Fn(Incoming<T>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<Vec<R>, StoreError>> + Send + 'static,
     {
         let max_batch = max_batch.max(1);
-        let (tx, mut rx) = mpsc::channel::<(T, Reply<R>)>(max_batch * in_flight.max(1) * 2);
+        let (tx, rx) = mpsc::channel::<(T, Reply<R>)>(max_batch * in_flight.max(1) * 2);
+        // Held by the batch that is taking requests, until it has taken them.
+        let queue = Arc::new(tokio::sync::Mutex::new(rx));
         let in_flight = Arc::new(Semaphore::new(in_flight.max(1)));
         let turn = Arc::new(Semaphore::new(1));
         let run = Arc::new(run);
@@ -71,43 +93,42 @@ impl<T: Send + 'static, R: Send + 'static> Batcher<T, R> {
                 let Ok(permit) = in_flight.clone().acquire_owned().await else {
                     return;
                 };
-                let Ok(turn) = turn.clone().acquire_owned().await else {
+                // No transaction is opened before there is work for it.
+                let mut queued = queue.clone().lock_owned().await;
+                let Some((first, first_reply)) = queued.recv().await else {
                     return;
                 };
-                let Some(first) = rx.recv().await else { return };
-                let mut batch = vec![first];
-                while batch.len() < max_batch {
-                    match rx.try_recv() {
-                        Ok(next) => batch.push(next),
-                        Err(_) => break,
+                // The other requests' replies, filled in when they are taken.
+                let replies: Arc<Mutex<Vec<Reply<R>>>> = Arc::default();
+                let open = {
+                    let (turn, replies) = (turn.clone(), replies.clone());
+                    async move {
+                        let turn = turn.acquire_owned().await.ok();
+                        let mut items = vec![first];
+                        let mut taken = Vec::new();
+                        while items.len() < max_batch {
+                            match queued.try_recv() {
+                                Ok((item, reply)) => {
+                                    items.push(item);
+                                    taken.push(reply);
+                                }
+                                Err(_) => break,
+                            }
+                        }
+                        drop(queued);
+                        *lock(&replies) = taken;
+                        (items, Turn(turn))
                     }
-                }
+                };
                 let run = run.clone();
                 tokio::spawn(async move {
-                    let (items, replies): (Vec<T>, Vec<Reply<R>>) = batch.into_iter().unzip();
-                    let n = items.len();
-                    match run(items, Turn(Some(turn))).await {
-                        Ok(answers) if answers.len() == n => {
-                            for (reply, answer) in replies.into_iter().zip(answers) {
-                                let _ = reply.send(Ok(answer));
-                            }
-                        }
-                        Ok(answers) => {
-                            let e = Arc::new(StoreError::Corrupt {
-                                id: 0,
-                                what: format!("a batch of {n} got {} answers", answers.len()),
-                            });
-                            for reply in replies {
-                                let _ = reply.send(Err(StoreError::Batch(e.clone())));
-                            }
-                        }
-                        Err(e) => {
-                            let e = Arc::new(e);
-                            for reply in replies {
-                                let _ = reply.send(Err(StoreError::Batch(e.clone())));
-                            }
-                        }
-                    }
+                    let outcome = run(Incoming {
+                        open: Box::pin(open),
+                    })
+                    .await;
+                    let mut all = vec![first_reply];
+                    all.append(&mut lock(&replies));
+                    answer(all, outcome);
                     drop(permit);
                 });
             }
@@ -122,6 +143,33 @@ impl<T: Send + 'static, R: Send + 'static> Batcher<T, R> {
         self.tx.send((item, reply)).await.map_err(|_| closed())?;
         answer.await.unwrap_or_else(|_| Err(closed()))
     }
+}
+
+/// Answers a batch's requests, in order. A batch that failed before taking
+/// its requests fails only the first, which it had been started for.
+fn answer<R>(replies: Vec<Reply<R>>, outcome: Result<Vec<R>, StoreError>) {
+    let n = replies.len();
+    let error = match outcome {
+        Ok(answers) if answers.len() == n => {
+            for (reply, answer) in replies.into_iter().zip(answers) {
+                let _ = reply.send(Ok(answer));
+            }
+            return;
+        }
+        Ok(answers) => StoreError::Corrupt {
+            id: 0,
+            what: format!("a batch of {n} got {} answers", answers.len()),
+        },
+        Err(e) => e,
+    };
+    let error = Arc::new(error);
+    for reply in replies {
+        let _ = reply.send(Err(StoreError::Batch(error.clone())));
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 #[cfg(test)]
@@ -154,9 +202,10 @@ mod tests {
             started,
             steps: Arc::new(tokio::sync::Mutex::new(steps)),
         });
-        let batcher = Batcher::start(16, in_flight, move |items: Vec<u32>, mut turn: Turn| {
+        let batcher = Batcher::start(16, in_flight, move |incoming: Incoming<u32>| {
             let script = script.clone();
             async move {
+                let (items, mut turn) = incoming.open().await;
                 script.started.send(items.clone()).unwrap();
                 // Each batch takes two orders: pass the turn, then finish.
                 for _ in 0..2 {
@@ -226,5 +275,37 @@ mod tests {
         assert_eq!(started.recv().await.unwrap(), vec![2]);
         order(&steps, false).await;
         assert_eq!(second.await.unwrap().unwrap(), 20);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_batch_that_fails_before_taking_its_requests_fails_only_the_first() {
+        let (go, gate) = oneshot::channel::<()>();
+        let gate = Arc::new(tokio::sync::Mutex::new(Some(gate)));
+        let batcher = Batcher::start(16, 2, move |incoming: Incoming<u32>| {
+            let gate = gate.clone();
+            async move {
+                // The first batch fails as if its transaction could not open.
+                if let Some(gate) = gate.lock().await.take() {
+                    let _ = gate.await;
+                    return Err(StoreError::Database(sqlx::Error::PoolTimedOut));
+                }
+                let (items, _turn) = incoming.open().await;
+                Ok(items)
+            }
+        });
+        let b = batcher.clone();
+        let first = tokio::spawn(async move { b.submit(1).await });
+        let capacity = batcher.tx.max_capacity();
+        let b = batcher.clone();
+        let second = tokio::spawn(async move { b.submit(2).await });
+        let b = batcher.clone();
+        let third = tokio::spawn(async move { b.submit(3).await });
+        while batcher.tx.capacity() != capacity - 2 {
+            tokio::task::yield_now().await;
+        }
+        go.send(()).unwrap();
+        assert!(matches!(first.await.unwrap(), Err(StoreError::Batch(_))));
+        assert_eq!(second.await.unwrap().unwrap(), 2);
+        assert_eq!(third.await.unwrap().unwrap(), 3);
     }
 }

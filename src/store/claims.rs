@@ -14,7 +14,7 @@
 
 use uuid::Uuid;
 
-use super::batch::Turn;
+use super::batch::Incoming;
 use super::transitions::{lock_by_ids, Caller, Change};
 use super::{Applied, MessageRow, Store, StoreError};
 use crate::domain::{Action, Input, Policy, Verdict};
@@ -85,14 +85,14 @@ impl Store {
     /// answer in the history. Returns one [`Applied`] per result, in order.
     pub async fn record_results(
         &self,
-        results: &[WorkResult],
+        incoming: Incoming<WorkResult>,
         policy: &Policy,
-        mut turn: Turn,
     ) -> Result<Vec<Applied>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let (results, mut turn) = incoming.open().await;
         let mut ids: Vec<i64> = results.iter().map(|r| r.id).collect();
         ids.sort_unstable();
         ids.dedup();
-        let mut tx = self.pool.begin().await?;
         let rows = lock_by_ids(&mut tx, &ids).await?;
         if let Some(gone) = ids.iter().find(|id| !rows.iter().any(|r| r.id == **id)) {
             return Err(StoreError::Corrupt {

@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 
 use sqlx::PgConnection;
 
-use super::batch::Turn;
+use super::batch::Incoming;
 use super::transitions::{Caller, Change};
 use super::{EventRow, MessageRow, Store, StoreError};
 use crate::domain::{Input, OnUncertain, Policy};
@@ -68,8 +68,11 @@ impl Store {
         batch: &[NewMessage],
         policy: &Policy,
     ) -> Result<Vec<Registered>, StoreError> {
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
         Ok(self
-            .register_batch_with(batch, policy, false, Turn::none())
+            .register_batch_with(Incoming::ready(batch.to_vec()), policy, false)
             .await?
             .into_iter()
             .map(|(r, _)| r)
@@ -82,11 +85,10 @@ impl Store {
     /// answered with their history without a query each.
     pub async fn register_batch_with_history(
         &self,
-        batch: &[NewMessage],
+        batch: Incoming<NewMessage>,
         policy: &Policy,
-        turn: Turn,
     ) -> Result<Vec<(Registered, Vec<EventRow>)>, StoreError> {
-        self.register_batch_with(batch, policy, true, turn)
+        self.register_batch_with(batch, policy, true)
             .await?
             .into_iter()
             .map(|(r, events)| match (&r, events) {
@@ -100,14 +102,12 @@ impl Store {
 
     async fn register_batch_with(
         &self,
-        batch: &[NewMessage],
+        incoming: Incoming<NewMessage>,
         policy: &Policy,
         histories: bool,
-        mut turn: Turn,
     ) -> Result<Vec<(Registered, Option<Vec<EventRow>>)>, StoreError> {
-        if batch.is_empty() {
-            return Ok(Vec::new());
-        }
+        let mut tx = self.pool.begin().await?;
+        let (batch, mut turn) = incoming.open().await;
         let mut ids = Vec::with_capacity(batch.len());
         let mut agents = Vec::with_capacity(batch.len());
         let mut phones = Vec::with_capacity(batch.len());
@@ -123,7 +123,7 @@ impl Store {
         let mut uncertain = Vec::with_capacity(batch.len());
         let mut windows = Vec::with_capacity(batch.len());
         let mut quiet = Vec::with_capacity(batch.len());
-        for m in batch {
+        for m in &batch {
             rcs.push(m.rcs.as_ref().map(|v| v.to_string()));
             traffic.push(m.traffic_type.clone());
             uncertain.push(m.on_uncertain.as_str().to_owned());
@@ -144,7 +144,6 @@ impl Store {
             digests.push(m.request_digest.clone());
             callbacks.push(m.callback_url.clone());
         }
-        let mut tx = self.pool.begin().await?;
         // The message-key locks (see the store module) come first.
         let created = sqlx::query_as!(
             MessageRow,

@@ -4,7 +4,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use super::batch::Turn;
+use super::batch::Incoming;
 use super::transitions::{lock_by_message_ids, Caller, Change};
 use super::{Applied, MessageRow, Store, StoreError};
 use crate::domain::{Input, Policy};
@@ -38,11 +38,11 @@ impl Store {
     /// one transaction; answers each, in order.
     pub async fn ingest_rbm_events(
         &self,
-        events: &[RbmEvent],
+        incoming: Incoming<RbmEvent>,
         policy: &Policy,
-        mut turn: Turn,
     ) -> Result<Vec<Ingested>, StoreError> {
         let mut tx = self.pool.begin().await?;
+        let (events, mut turn) = incoming.open().await;
         let (agents, ids): (Vec<String>, Vec<String>) = events
             .iter()
             .filter_map(|e| Some((e.agent_id.clone(), e.message_id.clone()?)))

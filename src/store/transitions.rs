@@ -14,7 +14,7 @@ use chrono::Utc;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use super::batch::Turn;
+use super::batch::Incoming;
 use super::{MessageRow, Store, StoreError};
 use crate::domain::{self, Due, Input, Lease, Outcome, Policy, RcsSendResult, Verdict};
 
@@ -119,12 +119,12 @@ impl Store {
     /// one transaction; `None` for an input naming no message.
     pub async fn apply_to_many(
         &self,
-        inputs: &[OutsideInput],
+        incoming: Incoming<OutsideInput>,
         policy: &Policy,
-        mut turn: Turn,
     ) -> Result<Vec<Option<Applied>>, StoreError> {
-        let names: Vec<String> = inputs.iter().map(|i| i.message_id.clone()).collect();
         let mut tx = self.pool.begin().await?;
+        let (inputs, mut turn) = incoming.open().await;
+        let names: Vec<String> = inputs.iter().map(|i| i.message_id.clone()).collect();
         let rows = lock_by_message_ids(&mut tx, &names).await?;
         let ids: HashMap<&str, i64> = rows.iter().map(|r| (r.message_id.as_str(), r.id)).collect();
         let targets: Vec<Option<i64>> = inputs
