@@ -177,6 +177,7 @@ mod tests {
     use super::*;
     use std::time::Duration;
     use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
+    use tokio::task::JoinHandle;
 
     /// An order to a running test batch: pass the turn (then await another
     /// order) or finish; acknowledged once carried out.
@@ -224,6 +225,20 @@ mod tests {
         (batcher, started_rx, steps_tx)
     }
 
+    /// Submits `item` from a task of its own, as a request handler would.
+    fn submit(batcher: &Batcher<u32, u32>, item: u32) -> JoinHandle<Result<u32, StoreError>> {
+        let batcher = batcher.clone();
+        tokio::spawn(async move { batcher.submit(item).await })
+    }
+
+    /// Whether nothing more starts while every task waits (time is paused,
+    /// so the timeout passes as soon as all are idle).
+    async fn nothing_starts(started: &mut UnboundedReceiver<Vec<u32>>) -> bool {
+        tokio::time::timeout(Duration::from_secs(5), started.recv())
+            .await
+            .is_err()
+    }
+
     async fn order(steps: &UnboundedSender<Order>, pass: bool) {
         let (done, acted) = oneshot::channel();
         steps.send((pass, done)).unwrap();
@@ -233,18 +248,12 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn the_next_batch_starts_when_the_previous_one_passes_its_turn() {
         let (batcher, mut started, steps) = scripted(2);
-        let b = batcher.clone();
-        let first = tokio::spawn(async move { b.submit(1).await });
+        let first = submit(&batcher, 1);
         assert_eq!(started.recv().await.unwrap(), vec![1]);
-        let b = batcher.clone();
-        let second = tokio::spawn(async move { b.submit(2).await });
-        let b = batcher.clone();
-        let third = tokio::spawn(async move { b.submit(3).await });
-        // Holding its turn, the first batch keeps the others queued (time is
-        // paused, so this waits only until every task is idle).
-        assert!(tokio::time::timeout(Duration::from_secs(5), started.recv())
-            .await
-            .is_err());
+        let second = submit(&batcher, 2);
+        let third = submit(&batcher, 3);
+        // Holding its turn, the first batch keeps the others queued.
+        assert!(nothing_starts(&mut started).await);
         // Passed at its commit: the next batch starts, with all that queued,
         // while the first is still committing.
         order(&steps, true).await;
@@ -260,16 +269,12 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn batches_in_flight_are_bounded_even_when_turns_are_passed() {
         let (batcher, mut started, steps) = scripted(1);
-        let b = batcher.clone();
-        let first = tokio::spawn(async move { b.submit(1).await });
+        let first = submit(&batcher, 1);
         assert_eq!(started.recv().await.unwrap(), vec![1]);
-        let b = batcher.clone();
-        let second = tokio::spawn(async move { b.submit(2).await });
+        let second = submit(&batcher, 2);
         order(&steps, true).await;
         // One in flight: the pass alone does not start the next batch.
-        assert!(tokio::time::timeout(Duration::from_secs(5), started.recv())
-            .await
-            .is_err());
+        assert!(nothing_starts(&mut started).await);
         order(&steps, false).await;
         assert_eq!(first.await.unwrap().unwrap(), 10);
         assert_eq!(started.recv().await.unwrap(), vec![2]);
@@ -293,13 +298,10 @@ mod tests {
                 Ok(items)
             }
         });
-        let b = batcher.clone();
-        let first = tokio::spawn(async move { b.submit(1).await });
+        let first = submit(&batcher, 1);
         let capacity = batcher.tx.max_capacity();
-        let b = batcher.clone();
-        let second = tokio::spawn(async move { b.submit(2).await });
-        let b = batcher.clone();
-        let third = tokio::spawn(async move { b.submit(3).await });
+        let second = submit(&batcher, 2);
+        let third = submit(&batcher, 3);
         while batcher.tx.capacity() != capacity - 2 {
             tokio::task::yield_now().await;
         }
