@@ -745,6 +745,21 @@ impl RawDatabase {
                 "must be between 1 and 8",
             ));
         }
+        // Each of the four group-commit writers (registrations, Google events,
+        // Twilio statuses, worker results) may hold that many connections;
+        // claims, reads and the notification listener need their own.
+        let least = 4 * self.group_commit_flushes as u32 + 4;
+        if self.max_connections < least {
+            return Err(invalid(
+                "database",
+                "max_connections",
+                format!(
+                    "must be at least {least} (4 × group_commit_flushes + 4) with \
+                     group_commit_flushes = {}",
+                    self.group_commit_flushes
+                ),
+            ));
+        }
         Ok(DatabaseSettings {
             url: Secret::new(url),
             max_connections: self.max_connections,
@@ -1313,6 +1328,19 @@ mod tests {
             let err = error_of(&env);
             assert!(err.contains(named), "{name}={value}: {err}");
         }
+    }
+
+    #[test]
+    fn the_pool_must_hold_every_group_commit_writer() {
+        let mut env = base_env();
+        env.insert("RBMF__DATABASE__MAX_CONNECTIONS", "11");
+        let err = error_of(&env);
+        assert!(
+            err.contains("RBMF__DATABASE__MAX_CONNECTIONS") && err.contains("at least 12"),
+            "{err}"
+        );
+        env.insert("RBMF__DATABASE__GROUP_COMMIT_FLUSHES", "1");
+        assert_eq!(load(&env).unwrap().database.max_connections, 11);
     }
 
     #[test]

@@ -31,7 +31,7 @@ impl Turn {
 }
 
 /// The requests of a batch, handed over by [`Incoming::open`] once the
-/// writer has opened its transaction.
+/// writer has tried to open its transaction.
 pub struct Incoming<T> {
     open: Pin<Box<dyn Future<Output = (Vec<T>, Turn)> + Send>>,
 }
@@ -45,9 +45,16 @@ impl<T: Send + 'static> Incoming<T> {
     }
 
     /// Waits for this batch's turn and takes its requests: everything queued
-    /// by then, in arrival order.
-    pub async fn open(self) -> (Vec<T>, Turn) {
-        self.open.await
+    /// by then, in arrival order. Given how opening the writer's transaction
+    /// went: a batch that could not open one (the database is down) still
+    /// takes its requests, and they all fail with that error at once rather
+    /// than one batch, and one connection timeout, each.
+    pub async fn open<C>(
+        self,
+        begun: Result<C, sqlx::Error>,
+    ) -> Result<(C, Vec<T>, Turn), StoreError> {
+        let (items, turn) = self.open.await;
+        Ok((begun?, items, turn))
     }
 }
 
@@ -145,8 +152,9 @@ impl<T: Send + 'static, R: Send + 'static> Batcher<T, R> {
     }
 }
 
-/// Answers a batch's requests, in order. A batch that failed before taking
-/// its requests fails only the first, which it had been started for.
+/// Answers a batch's requests, in order. A writer that failed without
+/// opening its batch fails only the first request, which it was started for;
+/// the others go to the next batch.
 fn answer<R>(replies: Vec<Reply<R>>, outcome: Result<Vec<R>, StoreError>) {
     let n = replies.len();
     let error = match outcome {
@@ -206,7 +214,7 @@ mod tests {
         let batcher = Batcher::start(16, in_flight, move |incoming: Incoming<u32>| {
             let script = script.clone();
             async move {
-                let (items, mut turn) = incoming.open().await;
+                let ((), items, mut turn) = incoming.open(Ok(())).await.unwrap();
                 script.started.send(items.clone()).unwrap();
                 // Each batch takes two orders: pass the turn, then finish.
                 for _ in 0..2 {
@@ -283,18 +291,21 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_batch_that_fails_before_taking_its_requests_fails_only_the_first() {
+    async fn a_batch_that_cannot_open_its_transaction_fails_all_it_takes_at_once() {
         let (go, gate) = oneshot::channel::<()>();
         let gate = Arc::new(tokio::sync::Mutex::new(Some(gate)));
         let batcher = Batcher::start(16, 2, move |incoming: Incoming<u32>| {
             let gate = gate.clone();
             async move {
-                // The first batch fails as if its transaction could not open.
-                if let Some(gate) = gate.lock().await.take() {
-                    let _ = gate.await;
-                    return Err(StoreError::Database(sqlx::Error::PoolTimedOut));
-                }
-                let (items, _turn) = incoming.open().await;
+                // The first batch's connection times out; later ones open.
+                let begun = match gate.lock().await.take() {
+                    Some(gate) => {
+                        let _ = gate.await;
+                        Err(sqlx::Error::PoolTimedOut)
+                    }
+                    None => Ok(()),
+                };
+                let ((), items, _turn) = incoming.open(begun).await?;
                 Ok(items)
             }
         });
@@ -302,12 +313,14 @@ mod tests {
         let capacity = batcher.tx.max_capacity();
         let second = submit(&batcher, 2);
         let third = submit(&batcher, 3);
+        // Both queued behind the first while its transaction is opening.
         while batcher.tx.capacity() != capacity - 2 {
             tokio::task::yield_now().await;
         }
         go.send(()).unwrap();
-        assert!(matches!(first.await.unwrap(), Err(StoreError::Batch(_))));
-        assert_eq!(second.await.unwrap().unwrap(), 2);
-        assert_eq!(third.await.unwrap().unwrap(), 3);
+        for request in [first, second, third] {
+            assert!(matches!(request.await.unwrap(), Err(StoreError::Batch(_))));
+        }
+        assert_eq!(batcher.submit(4).await.unwrap(), 4);
     }
 }

@@ -88,8 +88,7 @@ impl Store {
         incoming: Incoming<WorkResult>,
         policy: &Policy,
     ) -> Result<Vec<Applied>, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        let (results, mut turn) = incoming.open().await;
+        let (mut tx, results, mut turn) = incoming.open(self.pool.begin().await).await?;
         let mut ids: Vec<i64> = results.iter().map(|r| r.id).collect();
         ids.sort_unstable();
         ids.dedup();

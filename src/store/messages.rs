@@ -106,8 +106,7 @@ impl Store {
         policy: &Policy,
         histories: bool,
     ) -> Result<Vec<(Registered, Option<Vec<EventRow>>)>, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        let (batch, mut turn) = incoming.open().await;
+        let (mut tx, batch, mut turn) = incoming.open(self.pool.begin().await).await?;
         let mut ids = Vec::with_capacity(batch.len());
         let mut agents = Vec::with_capacity(batch.len());
         let mut phones = Vec::with_capacity(batch.len());
@@ -144,18 +143,21 @@ impl Store {
             digests.push(m.request_digest.clone());
             callbacks.push(m.callback_url.clone());
         }
-        // The message-key locks (see the store module) come first.
+        // The message-key locks (see the store module) come first. Times are
+        // the statement's: a group-commit transaction opens before its
+        // requests arrive (see `batch`), so `now()` would precede them.
         let created = sqlx::query_as!(
             MessageRow,
             r#"WITH locked AS MATERIALIZED (
                    SELECT lock_message_keys($2::text[], $1::text[])
                ), input AS (
-                   SELECT t.*, COALESCE(t.at, now() + t.after_secs * interval '1 second') AS d,
+                   SELECT t.*,
+                          COALESCE(t.at, statement_timestamp() + t.after_secs * interval '1 second') AS d,
                           CASE
                               WHEN t.rcs IS NULL THEN 'pending'
                               WHEN EXISTS (SELECT 1 FROM rcs_unreachable u
                                            WHERE u.agent_id = t.agent_id AND u.phone = t.phone
-                                             AND u.until > now())
+                                             AND u.until > statement_timestamp())
                                   THEN 'sms_sending'
                               ELSE 'rcs_sending' END AS first_state
                    FROM UNNEST($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::bigint[],
@@ -167,11 +169,13 @@ impl Store {
                ), ins AS (
                    INSERT INTO messages (message_id, agent_id, phone, deadline, sms_body, sms_from,
                                          metadata, request_digest, state, outcome, due_at, callback_url,
-                                         rcs, traffic_type, on_uncertain, confirm_window_ms, quiet_hours)
+                                         rcs, traffic_type, on_uncertain, confirm_window_ms, quiet_hours,
+                                         created_at, updated_at)
                    SELECT message_id, agent_id, phone, d, sms_body, sms_from, metadata::jsonb, digest,
-                          first_state, 'none', CASE WHEN first_state = 'pending' THEN d ELSE now() END,
+                          first_state, 'none',
+                          CASE WHEN first_state = 'pending' THEN d ELSE statement_timestamp() END,
                           callback_url, rcs::jsonb, traffic_type, on_uncertain, confirm_window_ms,
-                          quiet_hours::jsonb
+                          quiet_hours::jsonb, statement_timestamp(), statement_timestamp()
                    FROM input
                    ON CONFLICT (message_id) DO NOTHING
                    RETURNING *
@@ -393,20 +397,33 @@ impl Store {
         after: Option<i64>,
         limit: i64,
     ) -> Result<ListPage, StoreError> {
-        // One row more than asked tells whether another page follows.
-        let mut messages = sqlx::query_as!(
-            MessageRow,
-            "SELECT * FROM messages
-             WHERE ($1::text IS NULL OR state = $1)
-               AND ($2::bigint IS NULL OR id < $2)
-             ORDER BY id DESC
-             LIMIT $3",
-            state,
-            after,
-            limit + 1,
-        )
-        .fetch_all(&self.pool)
-        .await?;
+        // One row more than asked tells whether another page follows. Two
+        // fixed queries, each a range on an index in a generic plan (see
+        // `Store::connect`): `(x IS NULL OR …)` would not be.
+        let before = after.unwrap_or(i64::MAX);
+        let mut messages = match state {
+            Some(state) => {
+                sqlx::query_as!(
+                    MessageRow,
+                    "SELECT * FROM messages WHERE state = $1 AND id < $2 ORDER BY id DESC LIMIT $3",
+                    state,
+                    before,
+                    limit + 1,
+                )
+                .fetch_all(&self.pool)
+                .await?
+            }
+            None => {
+                sqlx::query_as!(
+                    MessageRow,
+                    "SELECT * FROM messages WHERE id < $1 ORDER BY id DESC LIMIT $2",
+                    before,
+                    limit + 1,
+                )
+                .fetch_all(&self.pool)
+                .await?
+            }
+        };
         let more = messages.len() as i64 > limit;
         messages.truncate(limit as usize);
         let next_after = more.then(|| messages.last().map(|m| m.id)).flatten();

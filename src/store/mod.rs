@@ -215,7 +215,7 @@ impl Store {
 // Message-key locks. The transactions that register messages and those
 // that record Google's events about them take, per agent and message id, the
 // same transaction-scoped advisory lock (the SQL function
-// `lock_message_keys`, migration 7): without it, a DELIVERED committing while
+// `lock_message_keys`, migrations 7 and 8): without it, a DELIVERED committing while
 // the registration commits is seen by neither. Each side takes them in its
 // first statement and reads the other side's rows only in a later statement,
 // whose snapshot sees what the lock waited for.

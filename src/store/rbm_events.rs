@@ -41,8 +41,7 @@ impl Store {
         incoming: Incoming<RbmEvent>,
         policy: &Policy,
     ) -> Result<Vec<Ingested>, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        let (events, mut turn) = incoming.open().await;
+        let (mut tx, events, mut turn) = incoming.open(self.pool.begin().await).await?;
         let (agents, ids): (Vec<String>, Vec<String>) = events
             .iter()
             .filter_map(|e| Some((e.agent_id.clone(), e.message_id.clone()?)))
@@ -53,8 +52,12 @@ impl Store {
             r#"WITH locked AS MATERIALIZED (
                    SELECT lock_message_keys($6::text[], $7::text[])
                )
-               INSERT INTO rbm_events (agent_id, event_key, event_type, message_id, payload)
-               SELECT t.* FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::jsonb[])
+               INSERT INTO rbm_events (agent_id, event_key, event_type, message_id, payload,
+                                       received_at)
+               -- The statement's time: the transaction opened before the
+               -- events arrived (see `batch`).
+               SELECT t.*, statement_timestamp()
+               FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::jsonb[])
                    AS t(agent_id, event_key, event_type, message_id, payload)
                    CROSS JOIN locked
                -- In key order, so two batches holding the same keys cannot

@@ -122,8 +122,7 @@ impl Store {
         incoming: Incoming<OutsideInput>,
         policy: &Policy,
     ) -> Result<Vec<Option<Applied>>, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        let (inputs, mut turn) = incoming.open().await;
+        let (mut tx, inputs, mut turn) = incoming.open(self.pool.begin().await).await?;
         let names: Vec<String> = inputs.iter().map(|i| i.message_id.clone()).collect();
         let rows = lock_by_message_ids(&mut tx, &names).await?;
         let ids: HashMap<&str, i64> = rows.iter().map(|r| (r.message_id.as_str(), r.id)).collect();
@@ -392,7 +391,8 @@ impl Reachability {
             let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
             sqlx::query!(
                 "INSERT INTO rcs_unreachable (agent_id, phone, until, reason)
-                 SELECT agent, phone, now() + $4::bigint * interval '1 millisecond', reason
+                 SELECT agent, phone, statement_timestamp() + $4::bigint * interval '1 millisecond',
+                        reason
                  FROM UNNEST($1::text[], $2::text[], $3::text[]) AS t(agent, phone, reason)
                  ORDER BY agent, phone
                  ON CONFLICT (agent_id, phone)
@@ -507,7 +507,7 @@ async fn write_steps(
                    ELSE m.due_at END,
                lease_token = u.lease_token,
                attempts = u.attempts,
-               updated_at = now()
+               updated_at = instant.at
            FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::bool[], $5::bool[], $6::bool[],
                        $7::text[], $8::text[], $9::text[], $10::bigint[], $11::uuid[], $12::int[])
                 AS u(id, state, outcome, rcs_delivered, rcs_inferred, in_doubt,
