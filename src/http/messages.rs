@@ -1097,15 +1097,16 @@ pub async fn create_batch(
                         })
                     }
                     None => {
+                        // The id answers a conflict; the message goes to the store.
+                        positions.push((i, new.message_id.clone()));
                         accepted.push(new);
-                        positions.push(i);
                     }
                 }
             }
         }
     }
-    let registered = state.store.register_batch(&accepted, &state.policy).await?;
-    for ((i, new), outcome) in positions.into_iter().zip(&accepted).zip(registered) {
+    let registered = state.store.register_batch(accepted, &state.policy).await?;
+    for ((i, message_id), outcome) in positions.into_iter().zip(registered) {
         results[i] = match outcome {
             Registered::Created(m) => Some(BatchItem {
                 index: i,
@@ -1132,8 +1133,7 @@ pub async fn create_batch(
                 ApiError::Conflict {
                     code: "message_id_conflict",
                     message: format!(
-                        "message {} is already registered with different content",
-                        new.message_id
+                        "message {message_id} is already registered with different content"
                     ),
                 },
             ),

@@ -11,50 +11,72 @@
 //! that queued behind the one before, in arrival order.
 
 use std::future::Future;
+use std::ops::{Deref, DerefMut};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 
+use sqlx::{PgConnection, PgPool, Postgres, Transaction};
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
 use super::StoreError;
 
-/// A batch's turn to run statements. The batch passes it on when only its
-/// commit is left (dropping it does the same), which lets the next batch go.
-#[must_use = "dropping the turn starts the next batch at once"]
-pub struct Turn(Option<OwnedSemaphorePermit>);
+/// A batch's turn to run statements. Its transaction hands it on right
+/// before committing (dropping it does the same), which lets the next batch
+/// take its requests.
+struct Turn(Option<OwnedSemaphorePermit>);
 
-impl Turn {
-    /// Called right before the commit.
-    pub fn pass(&mut self) {
-        self.0 = None;
-    }
-}
-
-/// The requests of a batch, handed over by [`Incoming::open`] once the
-/// writer has tried to open its transaction.
+/// The requests of a batch, handed over by [`Incoming::open`].
 pub struct Incoming<T> {
-    open: Pin<Box<dyn Future<Output = (Vec<T>, Turn)> + Send>>,
+    take: Pin<Box<dyn Future<Output = (Vec<T>, Turn)> + Send>>,
 }
 
 impl<T: Send + 'static> Incoming<T> {
     /// A batch written outside any batcher: nobody waits for its turn.
     pub fn ready(items: Vec<T>) -> Incoming<T> {
         Incoming {
-            open: Box::pin(async move { (items, Turn(None)) }),
+            take: Box::pin(async move { (items, Turn(None)) }),
         }
     }
 
-    /// Waits for this batch's turn and takes its requests: everything queued
-    /// by then, in arrival order. Given how opening the writer's transaction
-    /// went: a batch that could not open one (the database is down) still
-    /// takes its requests, and they all fail with that error at once rather
-    /// than one batch, and one connection timeout, each.
-    pub async fn open<C>(
-        self,
-        begun: Result<C, sqlx::Error>,
-    ) -> Result<(C, Vec<T>, Turn), StoreError> {
-        let (items, turn) = self.open.await;
-        Ok((begun?, items, turn))
+    /// Opens the writer's transaction, then waits for this batch's turn and
+    /// takes its requests: everything queued by then, in arrival order. A
+    /// batch that cannot open a transaction (the database is down) still
+    /// takes its requests, so they all fail with that error at once rather
+    /// than one connection timeout each.
+    pub async fn open(self, pool: &PgPool) -> Result<(Writing, Vec<T>), StoreError> {
+        let begun = pool.begin().await;
+        let (items, turn) = self.take.await;
+        Ok((Writing { tx: begun?, turn }, items))
+    }
+}
+
+/// A batch's transaction, holding its turn to run statements until it
+/// commits.
+pub struct Writing {
+    tx: Transaction<'static, Postgres>,
+    turn: Turn,
+}
+
+impl Writing {
+    /// Hands the turn on, so that the next batch runs its statements while
+    /// this commit is flushed, and commits.
+    pub async fn commit(mut self) -> Result<(), sqlx::Error> {
+        self.turn.0 = None;
+        self.tx.commit().await
+    }
+}
+
+impl Deref for Writing {
+    type Target = PgConnection;
+
+    fn deref(&self) -> &PgConnection {
+        &self.tx
+    }
+}
+
+impl DerefMut for Writing {
+    fn deref_mut(&mut self) -> &mut PgConnection {
+        &mut self.tx
     }
 }
 
@@ -77,9 +99,8 @@ impl<T, R> Clone for Batcher<T, R> {
 
 impl<T: Send + 'static, R: Send + 'static> Batcher<T, R> {
     /// At most `in_flight` batches are written at the same time, and only
-    /// the one holding the [`Turn`] runs statements: `run` opens its
-    /// transaction, calls [`Incoming::open`], and passes the turn right
-    /// before it commits. With one in flight, batches are written one after
+    /// the one holding the turn runs statements: `run` calls
+    /// [`Incoming::open`] and ends with [`Writing::commit`]. With one in flight, batches are written one after
     /// the other. Callers of `run` must lock rows in a fixed order (e.g. by
     /// id) so that concurrent batches cannot deadlock. The task ends when
     /// every clone of the batcher is dropped.
@@ -107,7 +128,7 @@ impl<T: Send + 'static, R: Send + 'static> Batcher<T, R> {
                 };
                 // The other requests' replies, filled in when they are taken.
                 let replies: Arc<Mutex<Vec<Reply<R>>>> = Arc::default();
-                let open = {
+                let take = {
                     let (turn, replies) = (turn.clone(), replies.clone());
                     async move {
                         let turn = turn.acquire_owned().await.ok();
@@ -130,7 +151,7 @@ impl<T: Send + 'static, R: Send + 'static> Batcher<T, R> {
                 let run = run.clone();
                 tokio::spawn(async move {
                     let outcome = run(Incoming {
-                        open: Box::pin(open),
+                        take: Box::pin(take),
                     })
                     .await;
                     let mut all = vec![first_reply];
@@ -152,7 +173,7 @@ impl<T: Send + 'static, R: Send + 'static> Batcher<T, R> {
     }
 }
 
-/// Answers a batch's requests, in order. A writer that failed without
+/// Answers a batch's requests, in order. A writer that returned without
 /// opening its batch fails only the first request, which it was started for;
 /// the others go to the next batch.
 fn answer<R>(replies: Vec<Reply<R>>, outcome: Result<Vec<R>, StoreError>) {
@@ -214,13 +235,14 @@ mod tests {
         let batcher = Batcher::start(16, in_flight, move |incoming: Incoming<u32>| {
             let script = script.clone();
             async move {
-                let ((), items, mut turn) = incoming.open(Ok(())).await.unwrap();
+                // As `open` does, without a database to open a transaction in.
+                let (items, mut turn) = incoming.take.await;
                 script.started.send(items.clone()).unwrap();
                 // Each batch takes two orders: pass the turn, then finish.
                 for _ in 0..2 {
                     let (pass, done) = script.steps.lock().await.recv().await.unwrap();
                     if pass {
-                        turn.pass();
+                        turn.0 = None; // as `Writing::commit` does
                     }
                     let _ = done.send(());
                     if !pass {
@@ -297,15 +319,18 @@ mod tests {
         let batcher = Batcher::start(16, 2, move |incoming: Incoming<u32>| {
             let gate = gate.clone();
             async move {
-                // The first batch's connection times out; later ones open.
-                let begun = match gate.lock().await.take() {
-                    Some(gate) => {
-                        let _ = gate.await;
-                        Err(sqlx::Error::PoolTimedOut)
-                    }
-                    None => Ok(()),
-                };
-                let ((), items, _turn) = incoming.open(begun).await?;
+                // The first batch finds no database; later ones take their
+                // requests as `open` does once a transaction is open.
+                if let Some(gate) = gate.lock().await.take() {
+                    let _ = gate.await;
+                    let nowhere = sqlx::postgres::PgPoolOptions::new()
+                        .acquire_timeout(Duration::from_secs(1))
+                        .connect_lazy("postgres://postgres@127.0.0.1:1/none")
+                        .unwrap();
+                    incoming.open(&nowhere).await?;
+                    unreachable!("a transaction opened on a closed port");
+                }
+                let (items, _turn) = incoming.take.await;
                 Ok(items)
             }
         });

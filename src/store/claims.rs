@@ -88,7 +88,7 @@ impl Store {
         incoming: Incoming<WorkResult>,
         policy: &Policy,
     ) -> Result<Vec<Applied>, StoreError> {
-        let (mut tx, results, mut turn) = incoming.open(self.pool.begin().await).await?;
+        let (mut tx, results) = incoming.open(&self.pool).await?;
         let mut ids: Vec<i64> = results.iter().map(|r| r.id).collect();
         ids.sort_unstable();
         ids.dedup();
@@ -109,7 +109,6 @@ impl Store {
             })
             .collect();
         let (applied, due_in) = self.apply_all(&mut tx, rows, changes, policy).await?;
-        turn.pass();
         tx.commit().await?;
         self.poke(due_in);
         Ok(applied)

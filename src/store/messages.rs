@@ -65,14 +65,14 @@ impl Store {
     /// race between identical registrations. Results are in input order.
     pub async fn register_batch(
         &self,
-        batch: &[NewMessage],
+        batch: Vec<NewMessage>,
         policy: &Policy,
     ) -> Result<Vec<Registered>, StoreError> {
         if batch.is_empty() {
             return Ok(Vec::new());
         }
         Ok(self
-            .register_batch_with(Incoming::ready(batch.to_vec()), policy, false)
+            .register_batch_with(Incoming::ready(batch), policy, false)
             .await?
             .into_iter()
             .map(|(r, _)| r)
@@ -106,7 +106,7 @@ impl Store {
         policy: &Policy,
         histories: bool,
     ) -> Result<Vec<(Registered, Option<Vec<EventRow>>)>, StoreError> {
-        let (mut tx, batch, mut turn) = incoming.open(self.pool.begin().await).await?;
+        let (mut tx, batch) = incoming.open(&self.pool).await?;
         let mut ids = Vec::with_capacity(batch.len());
         let mut agents = Vec::with_capacity(batch.len());
         let mut phones = Vec::with_capacity(batch.len());
@@ -212,10 +212,10 @@ impl Store {
             // Read together with whether any early event waits, which is
             // rare: only then are they applied and the histories read again.
             let ids: Vec<i64> = created.iter().map(|m| m.id).collect();
-            let (history, early) = histories_noting_early(&mut tx, &ids).await?;
+            let (history, early) = read_histories(&mut tx, &ids, true).await?;
             if early {
                 let created = self.apply_early_events(&mut tx, created, policy).await?;
-                (created, histories_of(&mut tx, ids).await?)
+                (created, read_histories(&mut tx, &ids, false).await?.0)
             } else {
                 (created, history)
             }
@@ -226,7 +226,6 @@ impl Store {
         let soonest = created.iter().filter_map(|m| m.due_at).min();
         let due_in = soonest.map(|d| (d - Utc::now()).to_std().unwrap_or_default());
         self.announce(&mut tx, due_in).await?;
-        turn.pass();
         tx.commit().await?;
         self.poke(due_in);
 
@@ -371,8 +370,9 @@ impl Store {
         else {
             return Ok(None);
         };
-        let events = histories_of(&mut tx, vec![row.id])
+        let events = read_histories(&mut tx, &[row.id], false)
             .await?
+            .0
             .remove(&row.id)
             .unwrap_or_default();
         tx.commit().await?;
@@ -434,24 +434,10 @@ impl Store {
     }
 }
 
-/// The histories of these messages, each in order, in one statement.
-async fn histories_of(
-    conn: &mut PgConnection,
-    ids: Vec<i64>,
-) -> Result<HashMap<i64, Vec<EventRow>>, StoreError> {
-    Ok(histories(conn, &ids, false).await?.0)
-}
-
-/// The histories of just-registered messages, and whether Google reported
-/// on any of them before (see `apply_early_events`), in one statement.
-async fn histories_noting_early(
-    conn: &mut PgConnection,
-    ids: &[i64],
-) -> Result<(HashMap<i64, Vec<EventRow>>, bool), StoreError> {
-    histories(conn, ids, true).await
-}
-
-async fn histories(
+/// The histories of these messages, each in order, in one statement; with
+/// `note_early`, also whether Google reported on any of them before they
+/// were registered (see `apply_early_events`).
+async fn read_histories(
     conn: &mut PgConnection,
     ids: &[i64],
     note_early: bool,

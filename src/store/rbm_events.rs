@@ -41,7 +41,7 @@ impl Store {
         incoming: Incoming<RbmEvent>,
         policy: &Policy,
     ) -> Result<Vec<Ingested>, StoreError> {
-        let (mut tx, events, mut turn) = incoming.open(self.pool.begin().await).await?;
+        let (mut tx, events) = incoming.open(&self.pool).await?;
         let (agents, ids): (Vec<String>, Vec<String>) = events
             .iter()
             .filter_map(|e| Some((e.agent_id.clone(), e.message_id.clone()?)))
@@ -145,7 +145,6 @@ impl Store {
             targets.push(target.is_some());
         }
         let (applied, due_in) = self.apply_all(&mut tx, rows, changes, policy).await?;
-        turn.pass();
         tx.commit().await?;
         self.poke(due_in);
         let mut applied = applied.into_iter();

@@ -122,7 +122,7 @@ impl Store {
         incoming: Incoming<OutsideInput>,
         policy: &Policy,
     ) -> Result<Vec<Option<Applied>>, StoreError> {
-        let (mut tx, inputs, mut turn) = incoming.open(self.pool.begin().await).await?;
+        let (mut tx, inputs) = incoming.open(&self.pool).await?;
         let names: Vec<String> = inputs.iter().map(|i| i.message_id.clone()).collect();
         let rows = lock_by_message_ids(&mut tx, &names).await?;
         let ids: HashMap<&str, i64> = rows.iter().map(|r| (r.message_id.as_str(), r.id)).collect();
@@ -143,7 +143,6 @@ impl Store {
             })
             .collect();
         let (applied, due_in) = self.apply_all(&mut tx, rows, changes, policy).await?;
-        turn.pass();
         tx.commit().await?;
         self.poke(due_in);
         let mut applied = applied.into_iter();
