@@ -183,6 +183,38 @@ async fn a_delivery_reported_before_registration_settles_the_registration_and_it
     assert_eq!(answer, h.get(&id).await);
 }
 
+/// A registration and Google's report on the same message, at the same
+/// instant: whichever commits second must see the other, or the message stays
+/// pending and gets revoked although it was delivered. Many pairs, so that
+/// some land in each other's transactions.
+#[tokio::test]
+async fn a_delivery_racing_its_registration_is_never_lost() {
+    let h = start().await;
+    let pairs: Vec<(String, String)> = (0..120)
+        .map(|i| {
+            let phone = format!("+1415555{:04}", 3000 + i);
+            let id = uuid::Uuid::new_v4().to_string();
+            h.s.google.agent_send(&phone, &id, None);
+            (phone, id)
+        })
+        .collect();
+    let registrations = futures::future::join_all(pairs.iter().map(|(phone, id)| async {
+        let r = h.post(&message(phone, id, TEN_MINUTES_MS)).await;
+        assert_eq!(r.status(), 201);
+    }));
+    let reports = futures::future::join_all(
+        pairs
+            .iter()
+            .map(|(phone, id)| h.google_reports("DELIVERED", phone, id)),
+    );
+    tokio::join!(registrations, reports);
+    for (_, id) in &pairs {
+        let m = h.get(id).await;
+        assert_eq!(m["state"], "delivered", "{m:#}");
+        assert_eq!(kinds(&m), ["registered", "rcs_delivered"]);
+    }
+}
+
 #[tokio::test]
 async fn read_alone_implies_delivered() {
     let h = start().await;

@@ -50,6 +50,48 @@ impl<T: Send + 'static> Incoming<T> {
     }
 }
 
+impl<T: Send + 'static> Incoming<T> {
+    /// For a writer whose batch is, as a rule, one statement, which
+    /// PostgreSQL runs as a transaction of its own and commits before it
+    /// answers: one round trip in all, where a transaction takes two (the
+    /// statement, then `COMMIT`). Acquires a connection, then waits for this
+    /// batch's turn and takes its requests, as [`Incoming::open`] does. The
+    /// turn is held until the statement is done: there is no commit to pass
+    /// it at.
+    pub async fn acquire(self, pool: &PgPool) -> Result<(Acquired, Vec<T>), StoreError> {
+        let acquired = pool.acquire().await;
+        let (items, turn) = self.take.await;
+        Ok((
+            Acquired {
+                conn: acquired?,
+                _turn: turn,
+            },
+            items,
+        ))
+    }
+}
+
+/// A batch's connection outside any transaction (see [`Incoming::acquire`]),
+/// holding its turn until it is dropped.
+pub struct Acquired {
+    conn: sqlx::pool::PoolConnection<Postgres>,
+    _turn: Turn,
+}
+
+impl Deref for Acquired {
+    type Target = PgConnection;
+
+    fn deref(&self) -> &PgConnection {
+        &self.conn
+    }
+}
+
+impl DerefMut for Acquired {
+    fn deref_mut(&mut self) -> &mut PgConnection {
+        &mut self.conn
+    }
+}
+
 /// A batch's transaction, holding its turn to run statements until it
 /// commits.
 pub struct Writing {

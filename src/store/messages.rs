@@ -59,6 +59,58 @@ pub struct ListPage {
     pub next_after: Option<i64>,
 }
 
+/// A batch of registrations as the parallel arrays of one UNNEST.
+struct Columns {
+    ids: Vec<String>,
+    agents: Vec<String>,
+    phones: Vec<String>,
+    at: Vec<Option<DateTime<Utc>>>,
+    after: Vec<Option<i64>>,
+    bodies: Vec<String>,
+    froms: Vec<Option<String>>,
+    metas: Vec<Option<String>>,
+    digests: Vec<Vec<u8>>,
+    callbacks: Vec<Option<String>>,
+    rcs: Vec<Option<String>>,
+    traffic: Vec<Option<String>>,
+    uncertain: Vec<String>,
+    windows: Vec<i32>,
+    quiet: Vec<Option<String>>,
+}
+
+impl Columns {
+    fn of(batch: &[NewMessage]) -> Columns {
+        let (at, after) = batch
+            .iter()
+            .map(|m| match &m.deadline {
+                Deadline::At(a) => (Some(*a), None),
+                Deadline::After(secs) => (None, Some(*secs)),
+            })
+            .unzip();
+        let json = |v: &Option<serde_json::Value>| v.as_ref().map(|v| v.to_string());
+        Columns {
+            ids: batch.iter().map(|m| m.message_id.clone()).collect(),
+            agents: batch.iter().map(|m| m.agent_id.clone()).collect(),
+            phones: batch.iter().map(|m| m.phone.clone()).collect(),
+            at,
+            after,
+            bodies: batch.iter().map(|m| m.sms_body.clone()).collect(),
+            froms: batch.iter().map(|m| m.sms_from.clone()).collect(),
+            metas: batch.iter().map(|m| json(&m.metadata)).collect(),
+            digests: batch.iter().map(|m| m.request_digest.clone()).collect(),
+            callbacks: batch.iter().map(|m| m.callback_url.clone()).collect(),
+            rcs: batch.iter().map(|m| json(&m.rcs)).collect(),
+            traffic: batch.iter().map(|m| m.traffic_type.clone()).collect(),
+            uncertain: batch
+                .iter()
+                .map(|m| m.on_uncertain.as_str().to_owned())
+                .collect(),
+            windows: batch.iter().map(|m| m.confirm_window_ms).collect(),
+            quiet: batch.iter().map(|m| json(&m.quiet_hours)).collect(),
+        }
+    }
+}
+
 impl Store {
     /// Registers many messages in one transaction, the rows and their first
     /// history events in one statement; `ON CONFLICT DO NOTHING` decides a
@@ -106,129 +158,46 @@ impl Store {
         policy: &Policy,
         histories: bool,
     ) -> Result<Vec<(Registered, Option<Vec<EventRow>>)>, StoreError> {
-        let (mut tx, batch) = incoming.open(&self.pool).await?;
-        let mut ids = Vec::with_capacity(batch.len());
-        let mut agents = Vec::with_capacity(batch.len());
-        let mut phones = Vec::with_capacity(batch.len());
-        let mut at = Vec::with_capacity(batch.len());
-        let mut after = Vec::with_capacity(batch.len());
-        let mut bodies = Vec::with_capacity(batch.len());
-        let mut froms = Vec::with_capacity(batch.len());
-        let mut metas = Vec::with_capacity(batch.len());
-        let mut digests = Vec::with_capacity(batch.len());
-        let mut callbacks = Vec::with_capacity(batch.len());
-        let mut rcs = Vec::with_capacity(batch.len());
-        let mut traffic = Vec::with_capacity(batch.len());
-        let mut uncertain = Vec::with_capacity(batch.len());
-        let mut windows = Vec::with_capacity(batch.len());
-        let mut quiet = Vec::with_capacity(batch.len());
-        for m in &batch {
-            rcs.push(m.rcs.as_ref().map(|v| v.to_string()));
-            traffic.push(m.traffic_type.clone());
-            uncertain.push(m.on_uncertain.as_str().to_owned());
-            windows.push(m.confirm_window_ms);
-            quiet.push(m.quiet_hours.as_ref().map(|v| v.to_string()));
-            ids.push(m.message_id.clone());
-            agents.push(m.agent_id.clone());
-            phones.push(m.phone.clone());
-            let (a, s) = match &m.deadline {
-                Deadline::At(a) => (Some(*a), None),
-                Deadline::After(secs) => (None, Some(*secs)),
-            };
-            at.push(a);
-            after.push(s);
-            bodies.push(m.sms_body.clone());
-            froms.push(m.sms_from.clone());
-            metas.push(m.metadata.as_ref().map(|v| v.to_string()));
-            digests.push(m.request_digest.clone());
-            callbacks.push(m.callback_url.clone());
-        }
-        // The message-key locks (see the store module) come first. Times are
-        // the statement's: a group-commit transaction opens before its
-        // requests arrive (see `batch`), so `now()` would precede them.
-        let created = sqlx::query_as!(
-            MessageRow,
-            r#"WITH locked AS MATERIALIZED (
-                   SELECT lock_message_keys($2::text[], $1::text[])
-               ), input AS (
-                   SELECT t.*,
-                          COALESCE(t.at, statement_timestamp() + t.after_secs * interval '1 second') AS d,
-                          CASE
-                              WHEN t.rcs IS NULL THEN 'pending'
-                              WHEN EXISTS (SELECT 1 FROM rcs_unreachable u
-                                           WHERE u.agent_id = t.agent_id AND u.phone = t.phone
-                                             AND u.until > statement_timestamp())
-                                  THEN 'sms_sending'
-                              ELSE 'rcs_sending' END AS first_state
-                   FROM UNNEST($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::bigint[],
-                               $6::text[], $7::text[], $8::text[], $9::bytea[], $10::text[],
-                               $11::text[], $12::text[], $13::text[], $14::int[], $15::text[])
-                        AS t(message_id, agent_id, phone, at, after_secs, sms_body, sms_from, metadata, digest,
-                             callback_url, rcs, traffic_type, on_uncertain, confirm_window_ms, quiet_hours)
-                   CROSS JOIN locked
-               ), ins AS (
-                   INSERT INTO messages (message_id, agent_id, phone, deadline, sms_body, sms_from,
-                                         metadata, request_digest, state, outcome, due_at, callback_url,
-                                         rcs, traffic_type, on_uncertain, confirm_window_ms, quiet_hours,
-                                         created_at, updated_at)
-                   SELECT message_id, agent_id, phone, d, sms_body, sms_from, metadata::jsonb, digest,
-                          first_state, 'none',
-                          CASE WHEN first_state = 'pending' THEN d ELSE statement_timestamp() END,
-                          callback_url, rcs::jsonb, traffic_type, on_uncertain, confirm_window_ms,
-                          quiet_hours::jsonb, statement_timestamp(), statement_timestamp()
-                   FROM input
-                   ON CONFLICT (message_id) DO NOTHING
-                   RETURNING *
-               ), events AS (
-                   INSERT INTO message_events (message_id, kind, state_before, state_after, detail)
-                   SELECT id, 'registered', NULL, state,
-                          jsonb_build_object('deadline', deadline)
-                          || CASE WHEN state = 'sms_sending'
-                                  THEN jsonb_build_object('note', $16::text)
-                                  ELSE '{}'::jsonb END
-                   FROM ins
-               )
-               SELECT * FROM ins"#,
-            &ids,
-            &agents,
-            &phones,
-            &at as &[Option<DateTime<Utc>>],
-            &after as &[Option<i64>],
-            &bodies,
-            &froms as &[Option<String>],
-            &metas as &[Option<String>],
-            &digests,
-            &callbacks as &[Option<String>],
-            &rcs as &[Option<String>],
-            &traffic as &[Option<String>],
-            &uncertain,
-            &windows,
-            &quiet as &[Option<String>],
-            SKIPPED_RCS,
-        )
-        .fetch_all(&mut *tx)
-        .await?;
-        let (created, mut history) = if histories && !created.is_empty() {
-            // Read together with whether any early event waits, which is
-            // rare: only then are they applied and the histories read again.
-            let ids: Vec<i64> = created.iter().map(|m| m.id).collect();
-            let (history, early) = read_histories(&mut tx, &ids, true).await?;
-            if early {
-                let created = self.apply_early_events(&mut tx, created, policy).await?;
-                (created, read_histories(&mut tx, &ids, false).await?.0)
-            } else {
+        let (mut conn, batch) = incoming.acquire(&self.pool).await?;
+        let columns = Columns::of(&batch);
+        // As a rule one statement, committed as it answers. Should Google have
+        // reported on one of these messages already (rare), the statement
+        // stores nothing, and the batch is written again in a transaction that
+        // applies those events too.
+        let (events_came_first, rows) = self.insert_messages(&mut conn, &columns, false).await?;
+        let (created, mut history) = match events_came_first {
+            false => {
+                let mut created = Vec::with_capacity(rows.len());
+                let mut history = HashMap::new();
+                for (row, event) in rows {
+                    if histories {
+                        history.insert(row.id, vec![event]);
+                    }
+                    created.push(row);
+                }
                 (created, history)
             }
-        } else {
-            let created = self.apply_early_events(&mut tx, created, policy).await?;
-            (created, HashMap::new())
+            true => {
+                let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+                let (_, rows) = self.insert_messages(&mut tx, &columns, true).await?;
+                let created = rows.into_iter().map(|(row, _)| row).collect();
+                let created = self.apply_early_events(&mut tx, created, policy).await?;
+                let history = if histories {
+                    let ids: Vec<i64> = created.iter().map(|m| m.id).collect();
+                    read_histories(&mut tx, &ids).await?
+                } else {
+                    HashMap::new()
+                };
+                tx.commit().await?;
+                (created, history)
+            }
         };
+        // The next batch's turn.
+        drop(conn);
         let soonest = created.iter().filter_map(|m| m.due_at).min();
-        let due_in = soonest.map(|d| (d - Utc::now()).to_std().unwrap_or_default());
-        self.announce(&mut tx, due_in).await?;
-        tx.commit().await?;
-        self.poke(due_in);
+        self.poke(soonest.map(|d| (d - Utc::now()).to_std().unwrap_or_default()));
 
+        let ids = columns.ids;
         let mut by_id: std::collections::HashMap<String, MessageRow> = created
             .into_iter()
             .map(|m| (m.message_id.clone(), m))
@@ -271,6 +240,117 @@ impl Store {
                 (registered, None)
             })
             .collect())
+    }
+
+    /// Inserts the messages of `columns` not registered yet, with their
+    /// first history events, after taking their message-key locks (see the
+    /// store module); returns whether Google reported on any of them before,
+    /// and the messages created. Unless `despite_events`, such a report makes
+    /// it insert nothing: those events must apply in the same transaction.
+    /// Work due within the notify horizon is announced.
+    async fn insert_messages(
+        &self,
+        conn: &mut PgConnection,
+        c: &Columns,
+        despite_events: bool,
+    ) -> Result<(bool, Vec<(MessageRow, EventRow)>), StoreError> {
+        let horizon_ms = i64::try_from(self.notify_horizon.as_millis()).unwrap_or(i64::MAX);
+        // Times are the statement's: a group-commit transaction opens before
+        // its requests arrive (see `batch`), so `now()` would precede them.
+        let rows = sqlx::query!(
+            r#"WITH locked AS MATERIALIZED (
+                   SELECT lock_message_keys_find_events($2::text[], $1::text[]) AS early
+               ), input AS (
+                   SELECT t.*,
+                          COALESCE(t.at, statement_timestamp() + t.after_secs * interval '1 second') AS d,
+                          CASE
+                              WHEN t.rcs IS NULL THEN 'pending'
+                              WHEN EXISTS (SELECT 1 FROM rcs_unreachable u
+                                           WHERE u.agent_id = t.agent_id AND u.phone = t.phone
+                                             AND u.until > statement_timestamp())
+                                  THEN 'sms_sending'
+                              ELSE 'rcs_sending' END AS first_state
+                   FROM UNNEST($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::bigint[],
+                               $6::text[], $7::text[], $8::text[], $9::bytea[], $10::text[],
+                               $11::text[], $12::text[], $13::text[], $14::int[], $15::text[])
+                        AS t(message_id, agent_id, phone, at, after_secs, sms_body, sms_from, metadata, digest,
+                             callback_url, rcs, traffic_type, on_uncertain, confirm_window_ms, quiet_hours)
+                   CROSS JOIN locked
+                   WHERE NOT locked.early OR $17
+               ), ins AS (
+                   INSERT INTO messages AS m (message_id, agent_id, phone, deadline, sms_body, sms_from,
+                                         metadata, request_digest, state, outcome, due_at, callback_url,
+                                         rcs, traffic_type, on_uncertain, confirm_window_ms, quiet_hours,
+                                         created_at, updated_at)
+                   SELECT message_id, agent_id, phone, d, sms_body, sms_from, metadata::jsonb, digest,
+                          first_state, 'none',
+                          CASE WHEN first_state = 'pending' THEN d ELSE statement_timestamp() END,
+                          callback_url, rcs::jsonb, traffic_type, on_uncertain, confirm_window_ms,
+                          quiet_hours::jsonb, statement_timestamp(), statement_timestamp()
+                   FROM input
+                   ON CONFLICT (message_id) DO NOTHING
+                   RETURNING m AS row
+               ), events AS (
+                   INSERT INTO message_events (message_id, kind, state_before, state_after, detail)
+                   SELECT (row).id, 'registered', NULL, (row).state,
+                          jsonb_build_object('deadline', (row).deadline)
+                          || CASE WHEN (row).state = 'sms_sending'
+                                  THEN jsonb_build_object('note', $16::text)
+                                  ELSE '{}'::jsonb END
+                   FROM ins
+                   RETURNING message_id, at, kind, state_before, state_after, detail
+               ), announced AS MATERIALIZED (
+                   SELECT pg_notify($18, '')
+                   WHERE EXISTS (SELECT 1 FROM ins WHERE (row).due_at
+                                 <= statement_timestamp() + $19::bigint * interval '1 millisecond')
+               )
+               -- One row at least, for `early`.
+               SELECT i.row AS "row?: MessageRow", i.at AS "at?", i.kind AS "kind?",
+                      i.state_before, i.state_after AS "state_after?", i.detail AS "detail?",
+                      locked.early AS "early!"
+               FROM locked
+               CROSS JOIN (SELECT count(*) FROM announced) AS a
+               LEFT JOIN (SELECT ins.row, e.* FROM ins JOIN events e ON e.message_id = (ins.row).id) AS i
+                   ON true"#,
+            &c.ids,
+            &c.agents,
+            &c.phones,
+            &c.at as &[Option<DateTime<Utc>>],
+            &c.after as &[Option<i64>],
+            &c.bodies,
+            &c.froms as &[Option<String>],
+            &c.metas as &[Option<String>],
+            &c.digests,
+            &c.callbacks as &[Option<String>],
+            &c.rcs as &[Option<String>],
+            &c.traffic as &[Option<String>],
+            &c.uncertain,
+            &c.windows,
+            &c.quiet as &[Option<String>],
+            SKIPPED_RCS,
+            despite_events,
+            super::DUE_CHANNEL,
+            horizon_ms,
+        )
+        .fetch_all(conn)
+        .await?;
+        let early = rows.iter().any(|r| r.early);
+        let mut out = Vec::with_capacity(rows.len());
+        for r in rows {
+            let Some(row) = r.row else { continue };
+            let event = match (r.at, r.kind, r.state_after, r.detail) {
+                (Some(at), Some(kind), Some(state_after), Some(detail)) => EventRow {
+                    at,
+                    kind,
+                    state_before: r.state_before,
+                    state_after,
+                    detail,
+                },
+                _ => return Err(row.corrupt("created without its history")),
+            };
+            out.push((row, event));
+        }
+        Ok((early, out))
     }
 
     /// Google may report on a message before the agent registers it (a phone
@@ -370,9 +450,8 @@ impl Store {
         else {
             return Ok(None);
         };
-        let events = read_histories(&mut tx, &[row.id], false)
+        let events = read_histories(&mut tx, &[row.id])
             .await?
-            .0
             .remove(&row.id)
             .unwrap_or_default();
         tx.commit().await?;
@@ -434,31 +513,20 @@ impl Store {
     }
 }
 
-/// The histories of these messages, each in order, in one statement; with
-/// `note_early`, also whether Google reported on any of them before they
-/// were registered (see `apply_early_events`).
+/// The histories of these messages, each in order, in one statement.
 async fn read_histories(
     conn: &mut PgConnection,
     ids: &[i64],
-    note_early: bool,
-) -> Result<(HashMap<i64, Vec<EventRow>>, bool), StoreError> {
-    // `AND` stops at a false `$2`: no lookup unless asked.
+) -> Result<HashMap<i64, Vec<EventRow>>, StoreError> {
     let rows = sqlx::query!(
-        r#"SELECT e.message_id, e.at, e.kind, e.state_before, e.state_after, e.detail,
-                  $2::bool AND EXISTS (
-                      SELECT 1 FROM messages m JOIN rbm_events r
-                          ON r.agent_id = m.agent_id AND r.message_id = m.message_id
-                      WHERE m.id = e.message_id) AS "early!"
-           FROM message_events e WHERE e.message_id = ANY($1) ORDER BY e.message_id, e.id"#,
+        "SELECT message_id, at, kind, state_before, state_after, detail
+         FROM message_events WHERE message_id = ANY($1) ORDER BY message_id, id",
         ids,
-        note_early
     )
     .fetch_all(conn)
     .await?;
-    let mut early = false;
     let mut out: HashMap<i64, Vec<EventRow>> = HashMap::new();
     for r in rows {
-        early |= r.early;
         out.entry(r.message_id).or_default().push(EventRow {
             at: r.at,
             kind: r.kind,
@@ -467,5 +535,5 @@ async fn read_histories(
             detail: r.detail,
         });
     }
-    Ok((out, early))
+    Ok(out)
 }

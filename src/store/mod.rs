@@ -216,12 +216,16 @@ impl Store {
 // that record Google's events about them take, per agent and message id, the
 // same transaction-scoped advisory lock (the SQL function
 // `lock_message_keys`, migrations 7 and 8): without it, a DELIVERED committing while
-// the registration commits is seen by neither. Each side takes them in its
-// first statement and reads the other side's rows only in a later statement,
-// whose snapshot sees what the lock waited for.
+// the registration commits is seen by neither. Each side reads the other
+// side's rows only after taking them, in a snapshot that sees what the lock
+// waited for: within its first statement, through a volatile PL/pgSQL
+// function that takes the lock and then reads (migration 9).
 
-/// A message as stored.
-#[derive(Clone, Debug)]
+/// A message as stored. The fields are in the table's column order: rows
+/// also arrive whole, as one composite value, where a statement returns
+/// them beside other columns.
+#[derive(Clone, Debug, sqlx::Type)]
+#[sqlx(type_name = "messages")]
 pub struct MessageRow {
     pub id: i64,
     pub message_id: String,

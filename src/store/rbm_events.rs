@@ -5,7 +5,7 @@
 use std::collections::{HashMap, HashSet};
 
 use super::batch::Incoming;
-use super::transitions::{lock_by_message_ids, Caller, Change};
+use super::transitions::{Caller, Change};
 use super::{Applied, MessageRow, Store, StoreError};
 use crate::domain::{Input, Policy};
 
@@ -46,25 +46,44 @@ impl Store {
             .iter()
             .filter_map(|e| Some((e.agent_id.clone(), e.message_id.clone()?)))
             .unzip();
-        // The message-key locks (see the store module) come first; the
-        // messages are read in a later statement.
-        let fresh: HashSet<(String, String)> = sqlx::query!(
+        // The messages an event would change, should it be new: whether it is
+        // is known only from the insert below, so a redelivery's message is
+        // locked for nothing, which is rare and harmless.
+        let wanted: Vec<String> = events
+            .iter()
+            .filter(|e| e.input.is_some())
+            .filter_map(|e| e.message_id.clone())
+            .collect();
+        // One statement: the message-key locks (see the store module), then
+        // the messages read and locked in a snapshot that sees what the locks
+        // waited for (migration 9), then the events recorded. Rows come back
+        // as either a new event's key or a message.
+        let mut fresh = HashSet::new();
+        let mut rows = Vec::new();
+        for r in sqlx::query!(
             r#"WITH locked AS MATERIALIZED (
-                   SELECT lock_message_keys($6::text[], $7::text[])
+                   SELECT m FROM lock_message_keys_read_rows($6::text[], $7::text[], $8::text[]) AS m
+               ), ins AS (
+                   INSERT INTO rbm_events (agent_id, event_key, event_type, message_id, payload,
+                                           received_at)
+                   -- The statement's time: the transaction opened before the
+                   -- events arrived (see `batch`).
+                   SELECT t.*, statement_timestamp()
+                   FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::jsonb[])
+                       AS t(agent_id, event_key, event_type, message_id, payload)
+                       -- After the locks.
+                       CROSS JOIN (SELECT count(*) FROM locked) AS l
+                   -- In key order, so two batches holding the same keys cannot
+                   -- deadlock on the unique index.
+                   ORDER BY agent_id, event_key
+                   ON CONFLICT (agent_id, event_key) DO NOTHING
+                   RETURNING agent_id, event_key
                )
-               INSERT INTO rbm_events (agent_id, event_key, event_type, message_id, payload,
-                                       received_at)
-               -- The statement's time: the transaction opened before the
-               -- events arrived (see `batch`).
-               SELECT t.*, statement_timestamp()
-               FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::jsonb[])
-                   AS t(agent_id, event_key, event_type, message_id, payload)
-                   CROSS JOIN locked
-               -- In key order, so two batches holding the same keys cannot
-               -- deadlock on the unique index.
-               ORDER BY agent_id, event_key
-               ON CONFLICT (agent_id, event_key) DO NOTHING
-               RETURNING agent_id, event_key"#,
+               SELECT agent_id AS "agent_id?", event_key AS "event_key?",
+                      NULL::messages AS "row?: MessageRow"
+               FROM ins
+               UNION ALL
+               SELECT NULL, NULL, m FROM locked"#,
             &events
                 .iter()
                 .map(|e| e.agent_id.clone())
@@ -84,12 +103,19 @@ impl Store {
             &events.iter().map(|e| e.payload.clone()).collect::<Vec<_>>(),
             &agents,
             &ids,
+            &wanted,
         )
         .fetch_all(&mut *tx)
         .await?
-        .into_iter()
-        .map(|r| (r.agent_id, r.event_key))
-        .collect();
+        {
+            match (r.agent_id, r.event_key, r.row) {
+                (_, _, Some(row)) => rows.push(row),
+                (Some(agent), Some(key), None) => {
+                    fresh.insert((agent, key));
+                }
+                _ => {}
+            }
+        }
         // A redelivery within the same batch is a duplicate of the first.
         let mut seen = HashSet::new();
         let is_fresh: Vec<bool> = events
@@ -107,17 +133,6 @@ impl Store {
             .filter_map(|(e, _)| e.relay.as_ref())
             .collect();
         crate::outbox::enqueue_relays(&mut tx, &relays).await?;
-        let wanted: Vec<String> = events
-            .iter()
-            .zip(&is_fresh)
-            .filter(|(e, fresh)| **fresh && e.input.is_some())
-            .filter_map(|(e, _)| e.message_id.clone())
-            .collect();
-        let rows = if wanted.is_empty() {
-            Vec::new()
-        } else {
-            lock_by_message_ids(&mut tx, &wanted).await?
-        };
         let by_id: HashMap<&str, &MessageRow> =
             rows.iter().map(|r| (r.message_id.as_str(), r)).collect();
         let mut changes = Vec::new();

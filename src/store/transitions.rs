@@ -318,7 +318,7 @@ pub(super) async fn lock_by_message_id(
 
 /// Locks the rows with these API ids, in id order so that two batches
 /// cannot deadlock.
-pub(super) async fn lock_by_message_ids(
+async fn lock_by_message_ids(
     conn: &mut PgConnection,
     message_ids: &[String],
 ) -> Result<Vec<MessageRow>, StoreError> {
