@@ -86,6 +86,42 @@ async fn items_are_answered_one_by_one_and_the_accepted_ones_stored() {
     );
 }
 
+/// One item of the batch was reported delivered before it was registered:
+/// the whole batch is stored (the others too, and a repeat stays a repeat),
+/// and that one is settled by the report.
+#[tokio::test]
+async fn a_batch_with_a_message_google_reported_first_stores_all_and_applies_the_report() {
+    let h = start().await;
+    let early_phone = "+15554000011";
+    let early = uuid::Uuid::new_v4().to_string();
+    h.s.google.agent_send(early_phone, &early, None);
+    h.google_reports("DELIVERED", early_phone, &early).await;
+    let existing = uuid::Uuid::new_v4().to_string();
+    let existing_body = message("+15554000012", &existing, 600_000);
+    assert_eq!(h.post(&existing_body).await.status(), 201);
+    let other = uuid::Uuid::new_v4().to_string();
+    let items = vec![
+        message("+15554000013", &other, 600_000),
+        message(early_phone, &early, 600_000),
+        existing_body,
+    ];
+    let (status, body) = batch(&h, items).await;
+    assert_eq!(status, 200, "{body:#}");
+    let r = &body["results"];
+    let statuses: Vec<u64> = r
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["status"].as_u64().unwrap())
+        .collect();
+    assert_eq!(statuses, [201, 201, 200], "{body:#}");
+    assert_eq!(r[1]["message"]["state"], "delivered", "{body:#}");
+    assert_eq!(kinds(&h.get(&early).await), ["registered", "rcs_delivered"]);
+    let m = h.get(&other).await;
+    assert_eq!(m["state"], "pending");
+    assert_eq!(kinds(&m), ["registered"]);
+}
+
 #[tokio::test]
 async fn an_empty_or_oversized_batch_is_refused_and_stores_nothing() {
     let h = start().await;
