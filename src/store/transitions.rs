@@ -488,8 +488,16 @@ async fn write_steps(
                     AS t(id, kind, before, after, detail)
                CROSS JOIN instant
            ), reachable AS (
-               DELETE FROM rcs_unreachable
-               WHERE (agent_id, phone) IN (SELECT * FROM UNNEST($18::text[], $19::text[]))
+               -- Locked in key order, as `mark_unreachable` writes them: two
+               -- batches writing their steps at once (see `pass_turn`) must
+               -- not take the same phones in opposite orders.
+               DELETE FROM rcs_unreachable AS u USING (
+                   SELECT agent_id, phone FROM rcs_unreachable
+                   WHERE (agent_id, phone) IN (SELECT * FROM UNNEST($18::text[], $19::text[]))
+                   ORDER BY agent_id, phone
+                   FOR UPDATE
+               ) AS l
+               WHERE u.agent_id = l.agent_id AND u.phone = l.phone
            )
            UPDATE messages AS m SET
                state = u.state,
