@@ -6,7 +6,9 @@
 -- its own, one more round trip while the group commit waits.
 
 -- For registrations: locks the keys, then tells whether Google reported on
--- any of these messages already (an event that came before its message).
+-- any of these messages before it was registered (an event that came before
+-- its message). Events about a message already stored (a registration
+-- repeated) do not count: nothing is inserted for it.
 CREATE FUNCTION lock_message_keys_find_events(agents text[], ids text[]) RETURNS boolean
 LANGUAGE plpgsql VOLATILE AS $$
 BEGIN
@@ -14,6 +16,7 @@ BEGIN
     RETURN EXISTS (
         SELECT 1 FROM rbm_events r
         WHERE (r.agent_id, r.message_id) IN (SELECT * FROM UNNEST(agents, ids))
+          AND NOT EXISTS (SELECT 1 FROM messages m WHERE m.message_id = r.message_id)
     );
 END
 $$;

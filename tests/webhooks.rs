@@ -215,6 +215,67 @@ async fn a_delivery_racing_its_registration_is_never_lost() {
     }
 }
 
+/// The same race, pinned: Google's event is being recorded, holding its
+/// message's key lock, when the registration arrives. The registration waits
+/// for the lock, and must then see the event, although the event committed
+/// after the registration's statement began.
+#[tokio::test]
+async fn a_registration_waiting_for_a_delivery_being_recorded_sees_it() {
+    use sqlx::Connection;
+    let h = start().await;
+    let phone = "+14155550229";
+    let id = uuid::Uuid::new_v4().to_string();
+    h.s.google.agent_send(phone, &id, None);
+    let agent = h.s.google.agent_id().to_owned();
+    // What the webhook's transaction does, stopped before its commit.
+    let mut google = sqlx::PgConnection::connect(&h.db.url).await.unwrap();
+    let mut event = sqlx::Connection::begin(&mut google).await.unwrap();
+    sqlx::query("SELECT lock_message_keys($1, $2)")
+        .bind(vec![agent.clone()])
+        .bind(vec![id.clone()])
+        .execute(&mut *event)
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO rbm_events (agent_id, event_key, event_type, message_id, payload)
+         VALUES ($1, 'ev-pinned', 'DELIVERED', $2, $3)",
+    )
+    .bind(&agent)
+    .bind(&id)
+    .bind(json!({ "eventId": "ev-pinned", "eventType": "DELIVERED", "messageId": id }))
+    .execute(&mut *event)
+    .await
+    .unwrap();
+    let registration = tokio::spawn({
+        let (api, url, body) = (
+            h.api.clone(),
+            h.url("/v1/messages"),
+            message(phone, &id, TEN_MINUTES_MS),
+        );
+        async move { api.post(url).json(&body).send().await.unwrap() }
+    });
+    // Until the registration waits for the lock.
+    let mut watch = sqlx::PgConnection::connect(&h.db.url).await.unwrap();
+    loop {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted",
+        )
+        .fetch_one(&mut watch)
+        .await
+        .unwrap();
+        if waiting > 0 {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    event.commit().await.unwrap();
+    let r = registration.await.unwrap();
+    assert_eq!(r.status(), 201);
+    let answer: Value = r.json().await.unwrap();
+    assert_eq!(answer["state"], "delivered", "{answer:#}");
+    assert_eq!(kinds(&answer), ["registered", "rcs_delivered"]);
+}
+
 #[tokio::test]
 async fn read_alone_implies_delivered() {
     let h = start().await;

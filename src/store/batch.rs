@@ -100,14 +100,6 @@ pub struct Writing {
 }
 
 impl Writing {
-    /// Hands the turn on before committing, once the batch holds every lock
-    /// it needs and has written what must come before the next batch's
-    /// writes. From there on it cannot wait for the next batch, which may
-    /// wait for it (a message in both), so the two cannot deadlock.
-    pub fn pass_turn(&mut self) {
-        self.turn.0 = None;
-    }
-
     /// Hands the turn on, so that the next batch runs its statements while
     /// this commit is flushed, and commits.
     pub async fn commit(mut self) -> Result<(), sqlx::Error> {

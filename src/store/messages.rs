@@ -161,9 +161,9 @@ impl Store {
         let (mut conn, batch) = incoming.acquire(&self.pool).await?;
         let columns = Columns::of(&batch);
         // As a rule one statement, committed as it answers. Should Google have
-        // reported on one of these messages already (rare), the statement
-        // stores nothing, and the batch is written again in a transaction that
-        // applies those events too.
+        // reported on one of these messages before its registration (rare),
+        // the statement stores nothing, and the batch is written again in a
+        // transaction that applies those events too.
         let (events_came_first, rows) = self.insert_messages(&mut conn, &columns, false).await?;
         let (created, mut history) = match events_came_first {
             false => {
@@ -182,7 +182,7 @@ impl Store {
                 let (_, rows) = self.insert_messages(&mut tx, &columns, true).await?;
                 let created = rows.into_iter().map(|(row, _)| row).collect();
                 let created = self.apply_early_events(&mut tx, created, policy).await?;
-                let history = if histories {
+                let history = if histories && !created.is_empty() {
                     let ids: Vec<i64> = created.iter().map(|m| m.id).collect();
                     read_histories(&mut tx, &ids).await?
                 } else {

@@ -488,8 +488,9 @@ async fn write_steps(
                     AS t(id, kind, before, after, detail)
                CROSS JOIN instant
            ), reachable AS (
-               -- Locked in key order, as `mark_unreachable` writes them: two
-               -- batches writing their steps at once (see `pass_turn`) must
+               -- Locked in key order, as `mark_unreachable` writes them: the
+               -- batches of other writers (worker results, Google events,
+               -- Twilio statuses) write their steps at the same time and must
                -- not take the same phones in opposite orders.
                DELETE FROM rcs_unreachable AS u USING (
                    SELECT agent_id, phone FROM rcs_unreachable
