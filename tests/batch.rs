@@ -92,16 +92,16 @@ async fn items_are_answered_one_by_one_and_the_accepted_ones_stored() {
 #[tokio::test]
 async fn a_batch_with_a_message_google_reported_first_stores_all_and_applies_the_report() {
     let h = start().await;
-    let early_phone = "+15554000011";
+    let early_phone = "+15554000021";
     let early = uuid::Uuid::new_v4().to_string();
     h.s.google.agent_send(early_phone, &early, None);
     h.google_reports("DELIVERED", early_phone, &early).await;
     let existing = uuid::Uuid::new_v4().to_string();
-    let existing_body = message("+15554000012", &existing, 600_000);
+    let existing_body = message("+15554000022", &existing, 600_000);
     assert_eq!(h.post(&existing_body).await.status(), 201);
     let other = uuid::Uuid::new_v4().to_string();
     let items = vec![
-        message("+15554000013", &other, 600_000),
+        message("+15554000023", &other, 600_000),
         message(early_phone, &early, 600_000),
         existing_body,
     ];

@@ -8,7 +8,10 @@
 //! the rest of what queued when the previous batch hands on its [`Turn`],
 //! right before committing. So neither opening a transaction nor flushing a
 //! commit holds up the next batch, and each batch still takes everything
-//! that queued behind the one before, in arrival order.
+//! that queued behind the one before, in arrival order. A writer whose batch
+//! is one statement runs it outside any transaction instead
+//! ([`Incoming::acquire`]): PostgreSQL commits it as it answers, so the turn
+//! passes when the statement is done.
 
 use std::future::Future;
 use std::ops::{Deref, DerefMut};
