@@ -18,17 +18,19 @@ use std::ops::{Deref, DerefMut};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 
+use sqlx::pool::PoolConnection;
 use sqlx::{PgConnection, PgPool, Postgres, Transaction};
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
 use super::StoreError;
 
-/// A batch's turn to run statements. Its transaction hands it on right
-/// before committing (dropping it does the same), which lets the next batch
-/// take its requests.
+/// A batch's turn to run statements. It passes when the batch's
+/// [`Holding`] commits or is dropped, which lets the next batch take its
+/// requests.
 struct Turn(Option<OwnedSemaphorePermit>);
 
-/// The requests of a batch, handed over by [`Incoming::open`].
+/// The requests of a batch, handed over by [`Incoming::open`] or
+/// [`Incoming::acquire`].
 pub struct Incoming<T> {
     take: Pin<Box<dyn Future<Output = (Vec<T>, Turn)> + Send>>,
 }
@@ -42,46 +44,55 @@ impl<T: Send + 'static> Incoming<T> {
     }
 
     /// Opens the writer's transaction, then waits for this batch's turn and
-    /// takes its requests: everything queued by then, in arrival order. A
-    /// batch that cannot open a transaction (the database is down) still
-    /// takes its requests, so they all fail with that error at once rather
-    /// than one connection timeout each.
+    /// takes its requests: everything queued by then, in arrival order.
     pub async fn open(self, pool: &PgPool) -> Result<(Writing, Vec<T>), StoreError> {
         let begun = pool.begin().await;
-        let (items, turn) = self.take.await;
-        Ok((Writing { tx: begun?, turn }, items))
+        self.hold(begun).await
     }
-}
 
-impl<T: Send + 'static> Incoming<T> {
-    /// For a writer whose batch is, as a rule, one statement, which
-    /// PostgreSQL runs as a transaction of its own and commits before it
-    /// answers: one round trip in all, where a transaction takes two (the
-    /// statement, then `COMMIT`). Acquires a connection, then waits for this
-    /// batch's turn and takes its requests, as [`Incoming::open`] does. The
-    /// turn is held until the statement is done: there is no commit to pass
-    /// it at.
+    /// As [`Incoming::open`], for a writer whose batch is, as a rule, one
+    /// statement outside any transaction: PostgreSQL commits it before it
+    /// answers, one round trip where a transaction takes two (the statement,
+    /// then `COMMIT`). The turn is held until the connection is dropped.
     pub async fn acquire(self, pool: &PgPool) -> Result<(Acquired, Vec<T>), StoreError> {
         let acquired = pool.acquire().await;
+        self.hold(acquired).await
+    }
+
+    /// Takes the requests once it is this batch's turn, even if the
+    /// connection failed (the database is down): they then all fail with
+    /// that error at once, rather than one connection timeout each.
+    async fn hold<C>(
+        self,
+        conn: Result<C, sqlx::Error>,
+    ) -> Result<(Holding<C>, Vec<T>), StoreError> {
         let (items, turn) = self.take.await;
-        Ok((
-            Acquired {
-                conn: acquired?,
-                _turn: turn,
-            },
-            items,
-        ))
+        Ok((Holding { conn: conn?, turn }, items))
     }
 }
 
-/// A batch's connection outside any transaction (see [`Incoming::acquire`]),
-/// holding its turn until it is dropped.
-pub struct Acquired {
-    conn: sqlx::pool::PoolConnection<Postgres>,
-    _turn: Turn,
+/// A batch's connection, holding the batch's turn to run statements.
+pub struct Holding<C> {
+    conn: C,
+    turn: Turn,
 }
 
-impl Deref for Acquired {
+/// A batch's transaction (see [`Incoming::open`]).
+pub type Writing = Holding<Transaction<'static, Postgres>>;
+
+/// A batch's connection outside any transaction (see [`Incoming::acquire`]).
+pub type Acquired = Holding<PoolConnection<Postgres>>;
+
+impl Writing {
+    /// Hands the turn on, so that the next batch runs its statements while
+    /// this commit is flushed, and commits.
+    pub async fn commit(mut self) -> Result<(), sqlx::Error> {
+        self.turn.0 = None;
+        self.conn.commit().await
+    }
+}
+
+impl<C: DerefMut<Target = PgConnection>> Deref for Holding<C> {
     type Target = PgConnection;
 
     fn deref(&self) -> &PgConnection {
@@ -89,39 +100,9 @@ impl Deref for Acquired {
     }
 }
 
-impl DerefMut for Acquired {
+impl<C: DerefMut<Target = PgConnection>> DerefMut for Holding<C> {
     fn deref_mut(&mut self) -> &mut PgConnection {
         &mut self.conn
-    }
-}
-
-/// A batch's transaction, holding its turn to run statements until it
-/// commits.
-pub struct Writing {
-    tx: Transaction<'static, Postgres>,
-    turn: Turn,
-}
-
-impl Writing {
-    /// Hands the turn on, so that the next batch runs its statements while
-    /// this commit is flushed, and commits.
-    pub async fn commit(mut self) -> Result<(), sqlx::Error> {
-        self.turn.0 = None;
-        self.tx.commit().await
-    }
-}
-
-impl Deref for Writing {
-    type Target = PgConnection;
-
-    fn deref(&self) -> &PgConnection {
-        &self.tx
-    }
-}
-
-impl DerefMut for Writing {
-    fn deref_mut(&mut self) -> &mut PgConnection {
-        &mut self.tx
     }
 }
 
