@@ -112,9 +112,10 @@ impl Columns {
 }
 
 impl Store {
-    /// Registers many messages in one transaction, the rows and their first
-    /// history events in one statement; `ON CONFLICT DO NOTHING` decides a
-    /// race between identical registrations. Results are in input order.
+    /// Registers many messages at once, the rows and their first history
+    /// events in one statement (see `insert_messages`); `ON CONFLICT DO
+    /// NOTHING` decides a race between identical registrations. Results are
+    /// in input order.
     pub async fn register_batch(
         &self,
         batch: Vec<NewMessage>,
@@ -132,9 +133,9 @@ impl Store {
     }
 
     /// As [`Store::register_batch`], with the history of each message it
-    /// created (empty for the others): read in the batch's own transaction,
-    /// one statement for the whole batch, so that single registrations can be
-    /// answered with their history without a query each.
+    /// created (empty for the others), returned by the statement that wrote
+    /// it, so that single registrations are answered with their history
+    /// without a query each.
     pub async fn register_batch_with_history(
         &self,
         batch: Incoming<NewMessage>,
@@ -165,32 +166,29 @@ impl Store {
         // the statement stores nothing, and the batch is written again in a
         // transaction that applies those events too.
         let (events_came_first, rows) = self.insert_messages(&mut conn, &columns, false).await?;
-        let (created, mut history) = match events_came_first {
-            false => {
-                let mut created = Vec::with_capacity(rows.len());
-                let mut history = HashMap::new();
-                for (row, event) in rows {
-                    if histories {
-                        history.insert(row.id, vec![event]);
-                    }
-                    created.push(row);
+        let (created, mut history) = if !events_came_first {
+            let mut created = Vec::with_capacity(rows.len());
+            let mut history = HashMap::new();
+            for (row, event) in rows {
+                if histories {
+                    history.insert(row.id, vec![event]);
                 }
-                (created, history)
+                created.push(row);
             }
-            true => {
-                let mut tx = sqlx::Connection::begin(&mut *conn).await?;
-                let (_, rows) = self.insert_messages(&mut tx, &columns, true).await?;
-                let created = rows.into_iter().map(|(row, _)| row).collect();
-                let created = self.apply_early_events(&mut tx, created, policy).await?;
-                let history = if histories && !created.is_empty() {
-                    let ids: Vec<i64> = created.iter().map(|m| m.id).collect();
-                    read_histories(&mut tx, &ids).await?
-                } else {
-                    HashMap::new()
-                };
-                tx.commit().await?;
-                (created, history)
-            }
+            (created, history)
+        } else {
+            let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+            let (_, rows) = self.insert_messages(&mut tx, &columns, true).await?;
+            let created = rows.into_iter().map(|(row, _)| row).collect();
+            let created = self.apply_early_events(&mut tx, created, policy).await?;
+            let history = if histories && !created.is_empty() {
+                let ids: Vec<i64> = created.iter().map(|m| m.id).collect();
+                read_histories(&mut tx, &ids).await?
+            } else {
+                HashMap::new()
+            };
+            tx.commit().await?;
+            (created, history)
         };
         // The next batch's turn.
         drop(conn);
@@ -198,7 +196,7 @@ impl Store {
         self.poke(soonest.map(|d| (d - Utc::now()).to_std().unwrap_or_default()));
 
         let ids = columns.ids;
-        let mut by_id: std::collections::HashMap<String, MessageRow> = created
+        let mut by_id: HashMap<String, MessageRow> = created
             .into_iter()
             .map(|m| (m.message_id.clone(), m))
             .collect();
@@ -207,7 +205,7 @@ impl Store {
             .filter(|id| !by_id.contains_key(*id))
             .cloned()
             .collect();
-        let mut existing: std::collections::HashMap<String, MessageRow> = if missing.is_empty() {
+        let mut existing: HashMap<String, MessageRow> = if missing.is_empty() {
             Default::default()
         } else {
             sqlx::query_as!(
@@ -255,8 +253,8 @@ impl Store {
         despite_events: bool,
     ) -> Result<(bool, Vec<(MessageRow, EventRow)>), StoreError> {
         let horizon_ms = i64::try_from(self.notify_horizon.as_millis()).unwrap_or(i64::MAX);
-        // Times are the statement's: a group-commit transaction opens before
-        // its requests arrive (see `batch`), so `now()` would precede them.
+        // Times are the statement's, as in every writer here (a group-commit
+        // transaction opens before its requests arrive: see `batch`).
         let rows = sqlx::query!(
             r#"WITH locked AS MATERIALIZED (
                    SELECT lock_message_keys_find_events($2::text[], $1::text[]) AS early
@@ -409,7 +407,7 @@ impl Store {
         }
         let (applied, _) = self.apply_all(conn, rows.clone(), changes, policy).await?;
         // The last change to each row holds its final form.
-        let mut last: std::collections::HashMap<i64, MessageRow> = applied
+        let mut last: HashMap<i64, MessageRow> = applied
             .into_iter()
             .map(|a| (a.message.id, a.message))
             .collect();

@@ -477,8 +477,7 @@ async fn write_steps(
     // order in which the inputs applied. One instant, taken once, is both the
     // events' time and the start of the waits they schedule, so the history
     // shows every wait at its full length.
-    let updated = sqlx::query_as!(
-        MessageRow,
+    let updated = sqlx::query_scalar!(
         r#"WITH instant AS MATERIALIZED (
                SELECT clock_timestamp() AS at
            ), history AS (
@@ -522,15 +521,7 @@ async fn write_steps(
                      sms_sid, sms_status, due_mode, due_ms, lease_token, attempts)
                 CROSS JOIN instant
            WHERE m.id = u.id
-           RETURNING m.id AS "id!", m.message_id AS "message_id!", m.agent_id AS "agent_id!",
-                     m.phone AS "phone!", m.deadline AS "deadline!", m.sms_body AS "sms_body!",
-                     m.sms_from, m.metadata, m.request_digest AS "request_digest!",
-                     m.state AS "state!", m.outcome AS "outcome!",
-                     m.rcs_delivered AS "rcs_delivered!", m.in_doubt AS "in_doubt!",
-                     m.attempts AS "attempts!", m.due_at, m.lease_token, m.sms_sid, m.sms_status,
-                     m.created_at AS "created_at!", m.updated_at AS "updated_at!",
-                     m.rcs_inferred AS "rcs_inferred!", m.callback_url, m.rcs, m.traffic_type,
-                     m.on_uncertain AS "on_uncertain!", m.confirm_window_ms, m.quiet_hours"#,
+           RETURNING m AS "row!: MessageRow""#,
         &ids,
         &states,
         &outcomes,
