@@ -424,3 +424,31 @@ async fn shutdown_hands_back_claims_it_cannot_finish() {
     assert!(kinds(&m).iter().filter(|k| *k == "sms_attempt").count() >= 2);
     assert_eq!(h.sms_to(phone).await, 1);
 }
+
+/// A registration whose deadline falls within the schedulers' longest sleep
+/// announces it on the due channel as it commits, so that every replica's
+/// scheduler wakes for it rather than at its next look. Nothing else is due
+/// in the test, so the first notification is the registration's own.
+#[tokio::test]
+async fn a_registration_due_soon_wakes_the_schedulers() {
+    let h = start_with(|c| {
+        c.env
+            .push(("RBMF__WORKER__MAX_IDLE_MS".into(), "60000".into()));
+    })
+    .await;
+    let mut listener = sqlx::postgres::PgListener::connect(&h.db.url)
+        .await
+        .unwrap();
+    listener
+        .listen(rbm_fallback::store::DUE_CHANNEL)
+        .await
+        .unwrap();
+    // Due in half a minute: within the one-minute horizon, and after the
+    // test gives up waiting.
+    h.send_and_register("+14155550731", 30_000).await;
+    let woken = tokio::time::timeout(Duration::from_secs(20), listener.recv())
+        .await
+        .expect("no notification on the due channel")
+        .unwrap();
+    assert_eq!(woken.channel(), rbm_fallback::store::DUE_CHANNEL);
+}
