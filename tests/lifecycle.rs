@@ -452,3 +452,37 @@ async fn a_registration_due_soon_wakes_the_schedulers() {
         .unwrap();
     assert_eq!(woken.channel(), rbm_fallback::store::DUE_CHANNEL);
 }
+
+/// A claim skips what another writer holds (`SKIP LOCKED`) rather than
+/// waiting for it: a message held by a transaction is passed over, and the
+/// messages due with it are claimed and revoked meanwhile. Once let go, the
+/// held message is claimed in its turn.
+#[tokio::test]
+async fn a_claim_passes_over_a_message_another_writer_holds() {
+    use sqlx::Connection;
+    let h = start().await;
+    let (held_phone, free_phone) = ("+14155550732", "+14155550733");
+    // The held message falls due first, so every claim that reaches the
+    // free one has read the held one too.
+    let held = h.send_and_register(held_phone, 1_500).await;
+    let mut writer = sqlx::PgConnection::connect(&h.db.url).await.unwrap();
+    let mut hold = writer.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM messages WHERE message_id = $1 FOR UPDATE")
+        .bind(&held)
+        .execute(&mut *hold)
+        .await
+        .unwrap();
+    let free = h.send_and_register(free_phone, 1_600).await;
+    h.wait_until(&free, "its revoke answered", |m| {
+        kinds(m).iter().any(|k| k == "revoke_ok")
+    })
+    .await;
+    let m = h.get(&held).await;
+    assert_eq!(m["state"], "pending", "{m:#}");
+    assert_eq!(kinds(&m), ["registered"]);
+    hold.commit().await.unwrap();
+    h.wait_until(&held, "its revoke answered", |m| {
+        kinds(m).iter().any(|k| k == "revoke_ok")
+    })
+    .await;
+}
