@@ -183,3 +183,73 @@ async fn past_deadlines_are_fine_only_for_retries_of_stored_items() {
         (json!(1), json!(1))
     );
 }
+
+/// Each of a batch's answers is the message as a read returns it, whatever
+/// the request held (sender, metadata, callback, relative deadline, policy,
+/// send mode). The send-mode message is compared only on what its sending
+/// cannot change, as the scheduler takes it at once.
+#[tokio::test]
+async fn a_batch_answers_each_message_as_stored() {
+    let h = start_with(|c| {
+        c.env.push((
+            "RBMF_CALLBACK_SECRET".into(),
+            "whsec_dGVzdC1jYWxsYmFjay1zZWNyZXQtMzItYnl0ZXMh".into(),
+        ));
+    })
+    .await;
+    let mut plain = message("+15554000101", &uuid::Uuid::new_v4().to_string(), 600_000);
+    plain["sms"]["from"] = json!("MyBrand");
+    plain["metadata"] = json!({ "order": 42, "tags": ["otp"], "n": { "b": 1.5, "a": null } });
+    plain["callback_url"] = json!("https://agent.example.com/cb");
+    let relative = json!({
+        "phone": "+15554000102",
+        "message_id": uuid::Uuid::new_v4().to_string(),
+        "revoke_after_secs": 600,
+        "sms": { "body": "Your code is 777777" },
+        "policy": {
+            "on_uncertain": "send_sms",
+            "confirm_window_ms": 2500,
+            "quiet_hours": { "start": "21:00", "end": "08:00", "time_zone": "Europe/Paris" }
+        },
+    });
+    let send = json!({
+        "phone": "+15554000103",
+        "message_id": uuid::Uuid::new_v4().to_string(),
+        "deadline": (chrono::Utc::now() + chrono::TimeDelta::minutes(10))
+            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        "rcs": {
+            "contentMessage": { "text": "Your code is 424242" },
+            "messageTrafficType": "TRANSACTION"
+        },
+        "sms": { "body": "Your code is 424242" },
+        "metadata": { "k": "v" },
+    });
+    let (status, body) = batch(&h, vec![plain, relative, send]).await;
+    assert_eq!(status, 200, "{body:#}");
+    let without_history = |mut m: Value| {
+        m.as_object_mut().unwrap().remove("events");
+        m
+    };
+    for (i, r) in body["results"].as_array().unwrap().iter().enumerate() {
+        assert_eq!(r["status"], 201, "{r:#}");
+        let answered = without_history(r["message"].clone());
+        let read = without_history(h.get(answered["message_id"].as_str().unwrap()).await);
+        if i < 2 {
+            assert_eq!(answered, read);
+        } else {
+            for key in [
+                "message_id",
+                "agent_id",
+                "phone",
+                "deadline",
+                "created_at",
+                "metadata",
+                "rcs",
+                "policy",
+                "callback_url",
+            ] {
+                assert_eq!(answered[key], read[key], "{key}");
+            }
+        }
+    }
+}
