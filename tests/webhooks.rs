@@ -254,7 +254,67 @@ async fn a_registration_waiting_for_a_delivery_being_recorded_sees_it() {
         );
         async move { api.post(url).json(&body).send().await.unwrap() }
     });
-    // Until the registration waits for the lock.
+    until_a_message_key_lock_is_awaited(&h).await;
+    event.commit().await.unwrap();
+    let r = registration.await.unwrap();
+    assert_eq!(r.status(), 201);
+    let answer: Value = r.json().await.unwrap();
+    assert_eq!(answer["state"], "delivered", "{answer:#}");
+    assert_eq!(kinds(&answer), ["registered", "rcs_delivered"]);
+}
+
+/// The other side of the race, pinned: the registration is being written,
+/// holding its message's key lock, when Google's DELIVERED arrives. The
+/// event waits for the lock, and must then find the message and settle it,
+/// although the message committed after the event's statement began.
+#[tokio::test]
+async fn a_delivery_waiting_for_its_registration_being_written_settles_it() {
+    use sqlx::Connection;
+    let h = start().await;
+    let phone = "+14155550230";
+    let id = uuid::Uuid::new_v4().to_string();
+    h.s.google.agent_send(phone, &id, None);
+    let agent = h.s.google.agent_id().to_owned();
+    // What the registration's statement does, stopped before its commit.
+    let mut agent_side = sqlx::PgConnection::connect(&h.db.url).await.unwrap();
+    let mut registration = sqlx::Connection::begin(&mut agent_side).await.unwrap();
+    sqlx::query("SELECT lock_message_keys($1, $2)")
+        .bind(vec![agent.clone()])
+        .bind(vec![id.clone()])
+        .execute(&mut *registration)
+        .await
+        .unwrap();
+    sqlx::query(
+        "WITH m AS (
+             INSERT INTO messages (message_id, agent_id, phone, deadline, sms_body,
+                                   request_digest, state, outcome, due_at)
+             VALUES ($1, $2, $3, now() + interval '10 minutes', 'Your code is 123456',
+                     '\\x00', 'pending', 'none', now() + interval '10 minutes')
+             RETURNING id
+         )
+         INSERT INTO message_events (message_id, kind, state_after)
+         SELECT id, 'registered', 'pending' FROM m",
+    )
+    .bind(&id)
+    .bind(&agent)
+    .bind(phone)
+    .execute(&mut *registration)
+    .await
+    .unwrap();
+    let event = google_event(&h, "DELIVERED", phone, &id);
+    let release = async {
+        until_a_message_key_lock_is_awaited(&h).await;
+        registration.commit().await.unwrap();
+    };
+    tokio::join!(h.google_posts(&event), release);
+    let m = h.get(&id).await;
+    assert_eq!(m["state"], "delivered", "{m:#}");
+    assert_eq!(kinds(&m), ["registered", "rcs_delivered"]);
+}
+
+/// Returns once some transaction waits for a message-key lock.
+async fn until_a_message_key_lock_is_awaited(h: &Harness) {
+    use sqlx::Connection;
     let mut watch = sqlx::PgConnection::connect(&h.db.url).await.unwrap();
     loop {
         let waiting: i64 = sqlx::query_scalar(
@@ -264,16 +324,10 @@ async fn a_registration_waiting_for_a_delivery_being_recorded_sees_it() {
         .await
         .unwrap();
         if waiting > 0 {
-            break;
+            return;
         }
         tokio::task::yield_now().await;
     }
-    event.commit().await.unwrap();
-    let r = registration.await.unwrap();
-    assert_eq!(r.status(), 201);
-    let answer: Value = r.json().await.unwrap();
-    assert_eq!(answer["state"], "delivered", "{answer:#}");
-    assert_eq!(kinds(&answer), ["registered", "rcs_delivered"]);
 }
 
 #[tokio::test]
