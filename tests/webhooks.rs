@@ -221,21 +221,13 @@ async fn a_delivery_racing_its_registration_is_never_lost() {
 /// after the registration's statement began.
 #[tokio::test]
 async fn a_registration_waiting_for_a_delivery_being_recorded_sees_it() {
-    use sqlx::Connection;
     let h = start().await;
     let phone = "+14155550229";
     let id = uuid::Uuid::new_v4().to_string();
     h.s.google.agent_send(phone, &id, None);
     let agent = h.s.google.agent_id().to_owned();
     // What the webhook's transaction does, stopped before its commit.
-    let mut google = sqlx::PgConnection::connect(&h.db.url).await.unwrap();
-    let mut event = sqlx::Connection::begin(&mut google).await.unwrap();
-    sqlx::query("SELECT lock_message_keys($1, $2)")
-        .bind(vec![agent.clone()])
-        .bind(vec![id.clone()])
-        .execute(&mut *event)
-        .await
-        .unwrap();
+    let mut event = holding_message_key(&h, &id).await;
     sqlx::query(
         "INSERT INTO rbm_events (agent_id, event_key, event_type, message_id, payload)
          VALUES ($1, 'ev-pinned', 'DELIVERED', $2, $3)",
@@ -269,21 +261,13 @@ async fn a_registration_waiting_for_a_delivery_being_recorded_sees_it() {
 /// although the message committed after the event's statement began.
 #[tokio::test]
 async fn a_delivery_waiting_for_its_registration_being_written_settles_it() {
-    use sqlx::Connection;
     let h = start().await;
     let phone = "+14155550230";
     let id = uuid::Uuid::new_v4().to_string();
     h.s.google.agent_send(phone, &id, None);
     let agent = h.s.google.agent_id().to_owned();
     // What the registration's statement does, stopped before its commit.
-    let mut agent_side = sqlx::PgConnection::connect(&h.db.url).await.unwrap();
-    let mut registration = sqlx::Connection::begin(&mut agent_side).await.unwrap();
-    sqlx::query("SELECT lock_message_keys($1, $2)")
-        .bind(vec![agent.clone()])
-        .bind(vec![id.clone()])
-        .execute(&mut *registration)
-        .await
-        .unwrap();
+    let mut registration = holding_message_key(&h, &id).await;
     sqlx::query(
         "WITH m AS (
              INSERT INTO messages (message_id, agent_id, phone, deadline, sms_body,
@@ -310,6 +294,20 @@ async fn a_delivery_waiting_for_its_registration_being_written_settles_it() {
     let m = h.get(&id).await;
     assert_eq!(m["state"], "delivered", "{m:#}");
     assert_eq!(kinds(&m), ["registered", "rcs_delivered"]);
+}
+
+/// A transaction holding this message's key lock, as a writer does before
+/// it reads or writes anything about the message.
+async fn holding_message_key(h: &Harness, id: &str) -> sqlx::Transaction<'static, sqlx::Postgres> {
+    let pool = sqlx::PgPool::connect(&h.db.url).await.unwrap();
+    let mut tx = pool.begin().await.unwrap();
+    sqlx::query("SELECT lock_message_keys($1, $2)")
+        .bind(vec![h.s.google.agent_id().to_owned()])
+        .bind(vec![id.to_owned()])
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    tx
 }
 
 /// Returns once some transaction waits for a message-key lock.
