@@ -814,6 +814,8 @@ fn policy(send_sms: bool) -> Policy {
 
 fn run(events: &[Event], mut f: Facts, policy: &Policy) -> (Facts, World) {
     let mut w = World::default();
+    // Whether the message has work due: a registration schedules some.
+    let mut due = true;
     for (t, e) in events.iter().enumerate() {
         let before = f.clone();
         let input = match e {
@@ -902,10 +904,23 @@ fn run(events: &[Event], mut f: Facts, policy: &Policy) -> (Facts, World) {
                 } else if s.lease == Lease::Release {
                     w.action = None;
                 }
+                due = match s.due {
+                    Due::Never => false,
+                    Due::In(_) | Due::AtDeadline => true,
+                    Due::Keep => due,
+                };
                 f = next(&f, &s);
             }
             Verdict::Record { .. } | Verdict::Refuse { .. } => {}
         }
+        // Listing by state relies on it: a state with work left always has
+        // work due, a settled one never (see `Store::list`).
+        assert_eq!(
+            due,
+            f.state.unsettled(),
+            "{} with work due: {due}, after {input:?}",
+            f.state
+        );
         // Final states stay, except a delivery only inferred from a 404,
         // which a TTL revocation proves wrong.
         if before.state.is_final() && !before.rcs_inferred {

@@ -1,0 +1,22 @@
+-- Listing by state reads settled messages (no due work) from an index of
+-- their own, and messages with due work from the live rows.
+--
+-- The index on (state, id) took an entry on every registration and on every
+-- step that changed a message's state: steps are never HOT updates (each
+-- changes `state` or `due_at`, both indexed; the free space migration 2
+-- leaves on each page keeps the new row version on the same page, not the
+-- indexes untouched). Most steps keep work due (a claim, a confirm window),
+-- so an index of settled rows only takes an entry when a message settles.
+-- Measured with pgbench against the full index on a table of 1,000,000
+-- messages: 1,000-row registrations +7% to +18%, steps that keep work due
+-- +19% to +27%.
+--
+-- A settled state is a range on this index however large the table; a state
+-- with due work is read from the live rows, which retention keeps few in a
+-- steady state (a large backlog of pending messages makes listing a rare
+-- in-flight state cost a scan of it).
+--
+-- Building it locks the table against writes for as long as it takes, a few
+-- seconds per million rows.
+DROP INDEX messages_state_id;
+CREATE INDEX messages_settled_state_id ON messages (state, id) WHERE due_at IS NULL;
