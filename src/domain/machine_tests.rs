@@ -913,8 +913,10 @@ fn run(events: &[Event], mut f: Facts, policy: &Policy) -> (Facts, World) {
             }
             Verdict::Record { .. } | Verdict::Refuse { .. } => {}
         }
-        // Listing by state relies on it: a state with work left always has
-        // work due, a settled one never (see `Store::list`).
+        // Only claims move a message on without an outside event, and only
+        // due work is claimed: a state with work left and nothing due would
+        // strand the message, and a settled one with work due would be
+        // claimed for nothing.
         assert_eq!(
             due,
             f.state.unsettled(),

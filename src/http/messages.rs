@@ -955,18 +955,14 @@ pub async fn list(
     query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<ListResponse>, ApiError> {
     let Query(q) = query.map_err(|e| ApiError::InvalidQuery(e.body_text()))?;
-    let only = q
-        .state
-        .as_deref()
-        .map(|s| {
-            s.parse::<MsgState>().map_err(|_| {
-                let all: Vec<&str> = MsgState::ALL.iter().map(|s| s.as_str()).collect();
-                ApiError::InvalidQuery(format!("unknown state {s:?}; one of {}", all.join(", ")))
-            })
-        })
-        .transpose()?;
+    if let Some(s) = &q.state {
+        s.parse::<MsgState>().map_err(|_| {
+            let all: Vec<&str> = MsgState::ALL.iter().map(|s| s.as_str()).collect();
+            ApiError::InvalidQuery(format!("unknown state {s:?}; one of {}", all.join(", ")))
+        })?;
+    }
     let (limit, after) = page(q.limit.as_deref(), q.cursor.as_deref(), MAX_PAGE)?;
-    let page = state.store.list(only, after, limit).await?;
+    let page = state.store.list(q.state.as_deref(), after, limit).await?;
     Ok(Json(ListResponse {
         // A token limited to some agents sees only their messages; a page
         // may then hold fewer than `limit`.

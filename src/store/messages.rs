@@ -9,7 +9,7 @@ use sqlx::PgConnection;
 use super::batch::Incoming;
 use super::transitions::{Caller, Change};
 use super::{EventRow, MessageRow, Store, StoreError};
-use crate::domain::{Input, OnUncertain, Policy, State};
+use crate::domain::{Input, OnUncertain, Policy};
 
 #[derive(Clone, Debug)]
 pub enum Deadline {
@@ -470,7 +470,7 @@ impl Store {
     /// Newest first; `after` is the id the previous page ended with.
     pub async fn list(
         &self,
-        state: Option<State>,
+        state: Option<&str>,
         after: Option<i64>,
         limit: i64,
     ) -> Result<ListPage, StoreError> {
@@ -479,34 +479,16 @@ impl Store {
         // `Store::connect`): `(x IS NULL OR …)` would not be.
         let before = after.unwrap_or(i64::MAX);
         let mut messages = match state {
-            // Settled rows come from their index (migration 10). Rows with
-            // due work have none by state: they are looked for only in the
-            // states that have work left (a false `$4` skips the scan), else
-            // listing a settled state would read every live row to find none.
             Some(state) => {
-                // Whole rows as composites: the macro cannot tell that the
-                // columns of a UNION are not null.
-                sqlx::query!(
-                    r#"SELECT u.m AS "m!: MessageRow" FROM (
-                           (SELECT m, m.id FROM messages AS m
-                            WHERE state = $1 AND due_at IS NULL AND id < $2
-                            ORDER BY id DESC LIMIT $3)
-                           UNION ALL
-                           (SELECT m, m.id FROM messages AS m
-                            WHERE $4 AND state = $1 AND due_at IS NOT NULL AND id < $2
-                            ORDER BY id DESC LIMIT $3)
-                       ) AS u
-                       ORDER BY u.id DESC LIMIT $3"#,
-                    state.as_str(),
+                sqlx::query_as!(
+                    MessageRow,
+                    "SELECT * FROM messages WHERE state = $1 AND id < $2 ORDER BY id DESC LIMIT $3",
+                    state,
                     before,
                     limit + 1,
-                    state.unsettled(),
                 )
                 .fetch_all(&self.pool)
                 .await?
-                .into_iter()
-                .map(|r| r.m)
-                .collect()
             }
             None => {
                 sqlx::query_as!(
