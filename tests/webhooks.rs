@@ -310,13 +310,18 @@ async fn holding_message_key(h: &Harness, id: &str) -> sqlx::Transaction<'static
     tx
 }
 
-/// Returns once some transaction waits for a message-key lock.
+/// Returns once some transaction waits for a message-key lock in this
+/// test's database. `pg_locks` covers the whole server: the tests running
+/// beside this one, each in a database of its own, wait for such locks too,
+/// and one of theirs would let this test go on before its race is set up.
 async fn until_a_message_key_lock_is_awaited(h: &Harness) {
     use sqlx::Connection;
     let mut watch = sqlx::PgConnection::connect(&h.db.url).await.unwrap();
     loop {
         let waiting: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted",
+            "SELECT count(*) FROM pg_locks
+             WHERE locktype = 'advisory' AND NOT granted
+               AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
         )
         .fetch_one(&mut watch)
         .await
