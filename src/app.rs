@@ -69,7 +69,8 @@ pub async fn run(
     let store = connect_store(&settings.database, settings.worker.max_idle)
         .await?
         .with_default_callback_url(settings.callbacks.url.as_deref())
-        .with_unreachable_ttl(settings.fallback.rcs_unreachable_ttl);
+        .with_unreachable_ttl(settings.fallback.rcs_unreachable_ttl)
+        .with_claim_lead(settings.worker.claim_lead);
     migrate(&store, Duration::from_secs(60)).await?;
 
     let tokens =

@@ -233,6 +233,9 @@ pub struct WorkerSettings {
     pub batch_size: usize,
     pub lease: Duration,
     pub max_idle: Duration,
+    /// How long before its deadline a pending message is claimed; its
+    /// revoke still leaves at the deadline.
+    pub claim_lead: Duration,
     pub retry_base: Duration,
     pub retry_cap: Duration,
     /// Calls per second; 0 = unlimited.
@@ -719,6 +722,7 @@ struct RawWorker {
     batch_size: usize,
     lease_ms: u64,
     max_idle_ms: u64,
+    claim_lead_ms: u64,
     retry_base_ms: u64,
     retry_cap_ms: u64,
     rbm_rate_per_sec: u32,
@@ -1052,6 +1056,7 @@ impl Raw {
             batch_size: w.batch_size,
             lease: millis("worker", "lease_ms", w.lease_ms, 1_000, 3_600_000)?,
             max_idle: millis("worker", "max_idle_ms", w.max_idle_ms, 10, 60_000)?,
+            claim_lead: millis("worker", "claim_lead_ms", w.claim_lead_ms, 0, 1_000)?,
             retry_base: millis("worker", "retry_base_ms", w.retry_base_ms, 1, 600_000)?,
             retry_cap: millis("worker", "retry_cap_ms", w.retry_cap_ms, 1, 86_400_000)?,
             rbm_rate_per_sec: w.rbm_rate_per_sec,

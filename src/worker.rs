@@ -365,6 +365,11 @@ impl Worker {
         after_doubt: bool,
     ) -> (Input, serde_json::Value) {
         let m = &claim.message;
+        // Claimed ahead (`worker.claim_lead_ms`), so that the claim's
+        // database work does not make the revoke late; it leaves on time.
+        if let Some(at) = claim.not_before {
+            tokio::time::sleep_until(at).await;
+        }
         let key = format!("rbm:{}", m.agent_id);
         let rate = self.limits.rates_of(&m.agent_id).0;
         if let Err(free_in) = self.throttle(key, rate).await {

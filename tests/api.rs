@@ -343,8 +343,8 @@ async fn post_creates_the_resource_and_an_identical_retry_returns_it() {
     assert_eq!(created["metadata"], json!({ "order": 42, "tags": ["otp"] }));
     assert_eq!(
         time(&created["next_action_at"]),
-        time(&created["deadline"]),
-        "the next action is the revocation at the deadline"
+        time(&created["deadline"]) - chrono::TimeDelta::milliseconds(50),
+        "the next action is the revocation, claimed worker.claim_lead_ms ahead of the deadline"
     );
     let events = created["events"].as_array().unwrap();
     assert_eq!(kinds(&created), ["registered"]);
@@ -1227,9 +1227,12 @@ async fn get_returns_the_ordered_event_history() {
     assert!(done["sms"]["sid"].as_str().unwrap().starts_with("SM"));
     assert_eq!(done["sms"]["status"], "delivered");
     assert_eq!(done["next_action_at"], Value::Null);
-    // The revocation happened after the deadline; the SMS after the window.
+    // The revocation was claimed no more than the claim lead ahead and
+    // answered after the deadline; the SMS went after the window.
     let at = |kind: &str| time(&events.iter().find(|e| e["kind"] == kind).unwrap()["at"]);
-    assert!(at("revoke_attempt") >= time(&done["deadline"]));
+    let deadline = time(&done["deadline"]);
+    assert!(at("revoke_attempt") >= deadline - chrono::TimeDelta::milliseconds(50));
+    assert!(at("revoke_ok") >= deadline);
     assert!(at("sms_attempt") - at("revoke_ok") >= chrono::TimeDelta::milliseconds(380));
     assert_eq!(h.sms_to(phone).await, 1);
 }

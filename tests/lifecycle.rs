@@ -486,3 +486,76 @@ async fn a_claim_passes_over_a_message_another_writer_holds() {
     })
     .await;
 }
+
+fn time(v: &serde_json::Value) -> chrono::DateTime<chrono::Utc> {
+    v.as_str().unwrap().parse().unwrap()
+}
+
+/// A pending message is claimed `worker.claim_lead_ms` before its deadline,
+/// so that the claim's database work is done by then; the DELETE itself
+/// still waits for the deadline.
+#[tokio::test]
+async fn a_revoke_claimed_ahead_leaves_at_the_deadline_not_before() {
+    let h = start_with(|c| {
+        c.env
+            .push(("RBMF__WORKER__CLAIM_LEAD_MS".into(), "1000".into()));
+    })
+    .await;
+    let phone = "+15550000018";
+    let id = h.send_and_register(phone, 2_000).await;
+    let m = h.get(&id).await;
+    let deadline = time(&m["deadline"]);
+    assert_eq!(
+        time(&m["next_action_at"]),
+        deadline - chrono::Duration::seconds(1),
+        "picked up a lead ahead"
+    );
+    let m = h
+        .wait_until(&id, "its revoke answered", |m| {
+            kinds(m).iter().any(|k| k == "revoke_ok")
+        })
+        .await;
+    let claimed = m["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["kind"] == "revoke_attempt")
+        .unwrap();
+    assert!(
+        time(&claimed["at"]) < deadline - chrono::Duration::milliseconds(500),
+        "claimed ahead: {claimed} against {deadline}"
+    );
+    let revokes = h.s.google.revokes();
+    assert_eq!(revokes.len(), 1);
+    assert!(
+        revokes[0].received_at >= deadline,
+        "the DELETE left at {} for a deadline of {deadline}",
+        revokes[0].received_at
+    );
+}
+
+/// A delivery reported between the early claim and the deadline wins: the
+/// held revoke still leaves (Google's answer is the arbiter), but no SMS.
+#[tokio::test]
+async fn a_delivery_after_an_early_claim_still_means_no_sms() {
+    let h = start_with(|c| {
+        c.env
+            .push(("RBMF__WORKER__CLAIM_LEAD_MS".into(), "1000".into()));
+    })
+    .await;
+    let phone = "+15550000019";
+    let id = h.send_and_register(phone, 2_000).await;
+    h.wait_state(&id, "revoking").await;
+    h.google_reports("DELIVERED", phone, &id).await;
+    let m = h.get(&id).await;
+    assert_eq!(m["state"], "delivered", "{m:#}");
+    h.s.google.wait_for_revokes(1, WAIT).await.unwrap();
+    let m = h
+        .wait_until(&id, "the revoke's answer recorded", |m| kinds(m).len() > 3)
+        .await;
+    assert_eq!(m["state"], "delivered", "{m:#}");
+    assert_eq!(m["outcome"], "rcs");
+    assert_eq!(m["next_action_at"], serde_json::Value::Null);
+    assert_eq!(h.sms_to(phone).await, 0);
+    assert!(h.s.twilio.messages().is_empty());
+}

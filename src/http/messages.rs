@@ -223,7 +223,9 @@ pub struct MessageResource {
     pub metadata: Option<serde_json::Value>,
     /// The message's own callback URL, if it has one.
     pub callback_url: Option<String>,
-    /// When the service will next act on the message, if it will.
+    /// When the service will next act on the message, if it will. For a
+    /// pending message: `worker.claim_lead_ms` before the deadline, when its
+    /// revoke is claimed; the DELETE itself leaves at the deadline.
     #[schema(required = true)]
     pub next_action_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,

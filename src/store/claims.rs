@@ -12,6 +12,9 @@
 //! Both sides work in batches: a claim takes up to `limit` rows, and results
 //! that arrive together are recorded together, each batch with one commit.
 
+use std::collections::HashMap;
+use std::time::Duration;
+
 use uuid::Uuid;
 
 use super::batch::Incoming;
@@ -25,6 +28,9 @@ pub struct Claimed {
     pub message: MessageRow,
     pub action: Action,
     pub token: Uuid,
+    /// When the call may leave: a revoke claimed before its deadline waits
+    /// for it (see `worker.claim_lead_ms`).
+    pub not_before: Option<tokio::time::Instant>,
 }
 
 /// What a worker's call came to, for [`Store::record_results`].
@@ -40,17 +46,30 @@ impl Store {
     pub async fn claim_due(&self, limit: i64, policy: &Policy) -> Result<Vec<Claimed>, StoreError> {
         let mut tx = self.pool.begin().await?;
         // Literal `due_at IS NOT NULL` lets the planner use the partial index.
-        let rows = sqlx::query_as!(
-            MessageRow,
-            "SELECT * FROM messages
-             WHERE due_at IS NOT NULL AND due_at <= now()
-             ORDER BY due_at
-             LIMIT $1
-             FOR UPDATE SKIP LOCKED",
+        // Each row comes with how long its deadline is away, by the database
+        // clock: a pending message falls due `claim_lead` early.
+        let mut rows = Vec::new();
+        let mut to_deadline = HashMap::new();
+        for r in sqlx::query!(
+            r#"SELECT m AS "m!: MessageRow",
+                      (EXTRACT(EPOCH FROM m.deadline - clock_timestamp()) * 1000)::float8
+                          AS "to_deadline_ms!"
+               FROM messages m
+               WHERE due_at IS NOT NULL AND due_at <= now()
+               ORDER BY due_at
+               LIMIT $1
+               FOR UPDATE SKIP LOCKED"#,
             limit
         )
         .fetch_all(&mut *tx)
-        .await?;
+        .await?
+        {
+            to_deadline.insert(r.m.id, r.to_deadline_ms);
+            rows.push(r.m);
+        }
+        // Taken after the answer, so a wait measured from here ends no
+        // earlier than the deadline by the database clock.
+        let answered = tokio::time::Instant::now();
         if rows.is_empty() {
             tx.rollback().await?;
             return Ok(Vec::new());
@@ -70,11 +89,23 @@ impl Store {
         Ok(applied
             .into_iter()
             .filter_map(|a| match a.verdict {
-                Verdict::Apply(step) => Some(Claimed {
-                    action: step.action?,
-                    token: a.message.lease_token?,
-                    message: a.message,
-                }),
+                Verdict::Apply(step) => {
+                    let action = step.action?;
+                    // A revoke never leaves before the deadline.
+                    let not_before = match action {
+                        Action::Revoke { .. } => to_deadline
+                            .get(&a.message.id)
+                            .filter(|ms| **ms > 0.0)
+                            .map(|ms| answered + Duration::from_secs_f64(ms / 1000.0)),
+                        _ => None,
+                    };
+                    Some(Claimed {
+                        action,
+                        token: a.message.lease_token?,
+                        message: a.message,
+                        not_before,
+                    })
+                }
                 _ => None,
             })
             .collect())

@@ -282,7 +282,9 @@ impl Store {
                                          created_at, updated_at)
                    SELECT message_id, agent_id, phone, d, sms_body, sms_from, metadata::jsonb, digest,
                           first_state, 'none',
-                          CASE WHEN first_state = 'pending' THEN d ELSE statement_timestamp() END,
+                          CASE WHEN first_state = 'pending'
+                               THEN d - $20::bigint * interval '1 millisecond'
+                               ELSE statement_timestamp() END,
                           callback_url, rcs::jsonb, traffic_type, on_uncertain, confirm_window_ms,
                           quiet_hours::jsonb, statement_timestamp(), statement_timestamp()
                    FROM input
@@ -329,6 +331,7 @@ impl Store {
             despite_events,
             super::DUE_CHANNEL,
             horizon_ms,
+            self.claim_lead_ms(),
         )
         .fetch_all(conn)
         .await?;

@@ -86,6 +86,10 @@ pub struct Store {
     unreachable_for: Duration,
     /// Batches a group-commit writer has in flight at once.
     group_flushes: usize,
+    /// A pending message falls due this long before its deadline
+    /// (`worker.claim_lead_ms`): the claim is written ahead, and the worker
+    /// holds the revoke until the deadline.
+    claim_lead: Duration,
 }
 
 impl Store {
@@ -121,6 +125,7 @@ impl Store {
             default_callback_url: None,
             unreachable_for: Duration::ZERO,
             group_flushes: 2,
+            claim_lead: Duration::ZERO,
         }
     }
 
@@ -128,6 +133,16 @@ impl Store {
     pub fn with_default_callback_url(mut self, url: Option<&str>) -> Store {
         self.default_callback_url = url.map(Arc::from);
         self
+    }
+
+    /// Makes pending messages due `lead` before their deadlines.
+    pub fn with_claim_lead(mut self, lead: Duration) -> Store {
+        self.claim_lead = lead;
+        self
+    }
+
+    fn claim_lead_ms(&self) -> i64 {
+        i64::try_from(self.claim_lead.as_millis()).unwrap_or(i64::MAX)
     }
 
     /// Remembers for `ttl` that Google could not reach a phone over RCS.

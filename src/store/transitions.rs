@@ -244,9 +244,12 @@ impl Store {
                     }
                     let due_in = match step.due {
                         Due::In(d) => Some(d),
-                        Due::AtDeadline => {
-                            Some((row.deadline - Utc::now()).to_std().unwrap_or_default())
-                        }
+                        Due::AtDeadline => Some(
+                            (row.deadline - Utc::now())
+                                .to_std()
+                                .unwrap_or_default()
+                                .saturating_sub(self.claim_lead),
+                        ),
                         Due::Never | Due::Keep => None,
                     };
                     if let Some(d) = due_in {
@@ -277,6 +280,7 @@ impl Store {
             events,
             pending.into_values().filter(|p| p.dirty),
             reach.reachable,
+            self.claim_lead_ms(),
         )
         .await?;
         // What the database set (due time, update time) is what callers see.
@@ -431,6 +435,7 @@ async fn write_steps(
     events: Events,
     rows: impl Iterator<Item = Pending>,
     reachable: Vec<(String, String)>,
+    claim_lead_ms: i64,
 ) -> Result<HashMap<i64, (Option<DateTime<Utc>>, DateTime<Utc>)>, StoreError> {
     let mut ids = Vec::new();
     let mut states = Vec::new();
@@ -454,7 +459,8 @@ async fn write_steps(
                 "in",
                 i64::try_from(d.as_nanos().div_ceil(1_000_000)).unwrap_or(i64::MAX),
             ),
-            Due::AtDeadline => ("deadline", 0),
+            // Claimed ahead; the worker holds the revoke until the deadline.
+            Due::AtDeadline => ("deadline", claim_lead_ms),
             Due::Keep => ("keep", 0),
         };
         ids.push(row.id);
@@ -512,7 +518,7 @@ async fn write_steps(
                due_at = CASE u.due_mode
                    WHEN 'never' THEN NULL
                    WHEN 'in' THEN instant.at + u.due_ms * interval '1 millisecond'
-                   WHEN 'deadline' THEN m.deadline
+                   WHEN 'deadline' THEN m.deadline - u.due_ms * interval '1 millisecond'
                    ELSE m.due_at END,
                lease_token = u.lease_token,
                attempts = u.attempts,
