@@ -108,10 +108,13 @@ pub async fn max_id(pool: &PgPool) -> anyhow::Result<i64> {
 /// Deletes the messages with row ids above `after` (and their history), then
 /// vacuums, so a scenario leaves the tables as it found them.
 pub async fn delete_after(pool: &PgPool, after: i64) -> anyhow::Result<()> {
-    sqlx::query("DELETE FROM messages WHERE id > $1")
-        .bind(after)
-        .execute(pool)
-        .await?;
+    sqlx::query(
+        "WITH gone AS (DELETE FROM messages WHERE id > $1)
+         DELETE FROM message_events WHERE message_id > $1",
+    )
+    .bind(after)
+    .execute(pool)
+    .await?;
     vacuum(pool).await
 }
 

@@ -21,19 +21,27 @@ impl Store {
         let keep_ms = i64::try_from(keep.as_millis()).unwrap_or(i64::MAX);
         // `due_at IS NULL` as a literal keeps the sweep on its partial index;
         // SKIP LOCKED keeps it out of the way of live transitions.
-        let messages = sqlx::query!(
-            "DELETE FROM messages WHERE id IN (
-                 SELECT id FROM messages
-                 WHERE due_at IS NULL AND updated_at < now() - $1::bigint * interval '1 millisecond'
-                 ORDER BY updated_at
-                 LIMIT $2
-                 FOR UPDATE SKIP LOCKED)",
+        // The history goes in the same statement: no foreign key cascades
+        // (migration 10).
+        let messages = sqlx::query_scalar!(
+            r#"WITH gone AS (
+                   DELETE FROM messages WHERE id IN (
+                       SELECT id FROM messages
+                       WHERE due_at IS NULL
+                         AND updated_at < now() - $1::bigint * interval '1 millisecond'
+                       ORDER BY updated_at
+                       LIMIT $2
+                       FOR UPDATE SKIP LOCKED)
+                   RETURNING id
+               ), history AS (
+                   DELETE FROM message_events WHERE message_id IN (SELECT id FROM gone)
+               )
+               SELECT count(*) AS "n!" FROM gone"#,
             keep_ms,
             batch
         )
-        .execute(&self.pool)
-        .await?
-        .rows_affected();
+        .fetch_one(&self.pool)
+        .await? as u64;
         let rbm_events = sqlx::query!(
             "DELETE FROM rbm_events WHERE ctid IN (
                  SELECT ctid FROM rbm_events
