@@ -487,6 +487,12 @@ async fn a_claim_passes_over_a_message_another_writer_holds() {
     .await;
 }
 
+/// Claims made a second ahead: wide enough to tell the claim from the call.
+fn a_second_of_claim_lead(c: &mut rbm_fallback::sandbox::SandboxConfig) {
+    c.env
+        .push(("RBMF__WORKER__CLAIM_LEAD_MS".into(), "1000".into()));
+}
+
 fn time(v: &serde_json::Value) -> chrono::DateTime<chrono::Utc> {
     v.as_str().unwrap().parse().unwrap()
 }
@@ -496,11 +502,7 @@ fn time(v: &serde_json::Value) -> chrono::DateTime<chrono::Utc> {
 /// still waits for the deadline.
 #[tokio::test]
 async fn a_revoke_claimed_ahead_leaves_at_the_deadline_not_before() {
-    let h = start_with(|c| {
-        c.env
-            .push(("RBMF__WORKER__CLAIM_LEAD_MS".into(), "1000".into()));
-    })
-    .await;
+    let h = start_with(a_second_of_claim_lead).await;
     let phone = "+15550000018";
     let id = h.send_and_register(phone, 2_000).await;
     let m = h.get(&id).await;
@@ -538,11 +540,7 @@ async fn a_revoke_claimed_ahead_leaves_at_the_deadline_not_before() {
 /// held revoke still leaves (Google's answer is the arbiter), but no SMS.
 #[tokio::test]
 async fn a_delivery_after_an_early_claim_still_means_no_sms() {
-    let h = start_with(|c| {
-        c.env
-            .push(("RBMF__WORKER__CLAIM_LEAD_MS".into(), "1000".into()));
-    })
-    .await;
+    let h = start_with(a_second_of_claim_lead).await;
     let phone = "+15550000019";
     let id = h.send_and_register(phone, 2_000).await;
     h.wait_state(&id, "revoking").await;

@@ -12,7 +12,6 @@
 //! Both sides work in batches: a claim takes up to `limit` rows, and results
 //! that arrive together are recorded together, each batch with one commit.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use uuid::Uuid;
@@ -49,7 +48,7 @@ impl Store {
         // Each row comes with how long its deadline is away, by the database
         // clock: a pending message falls due `claim_lead` early.
         let mut rows = Vec::new();
-        let mut to_deadline = HashMap::new();
+        let mut to_deadline = Vec::new();
         for r in sqlx::query!(
             r#"SELECT m AS "m!: MessageRow",
                       (EXTRACT(EPOCH FROM m.deadline - clock_timestamp()) * 1000)::float8
@@ -64,7 +63,7 @@ impl Store {
         .fetch_all(&mut *tx)
         .await?
         {
-            to_deadline.insert(r.m.id, r.to_deadline_ms);
+            to_deadline.push(r.to_deadline_ms);
             rows.push(r.m);
         }
         // Taken after the answer, so a wait measured from here ends no
@@ -86,17 +85,18 @@ impl Store {
         // A claim pushes due_at out by the lease: nothing to wake for.
         let (applied, _) = self.apply_all(&mut tx, rows, changes, policy).await?;
         tx.commit().await?;
+        // One applied per change, in the order of the rows read.
         Ok(applied
             .into_iter()
-            .filter_map(|a| match a.verdict {
+            .zip(to_deadline)
+            .filter_map(|(a, ms)| match a.verdict {
                 Verdict::Apply(step) => {
                     let action = step.action?;
                     // A revoke never leaves before the deadline.
                     let not_before = match action {
-                        Action::Revoke { .. } => to_deadline
-                            .get(&a.message.id)
-                            .filter(|ms| **ms > 0.0)
-                            .map(|ms| answered + Duration::from_secs_f64(ms / 1000.0)),
+                        Action::Revoke { .. } if ms > 0.0 => {
+                            Some(answered + Duration::from_secs_f64(ms / 1000.0))
+                        }
                         _ => None,
                     };
                     Some(Claimed {
