@@ -104,6 +104,12 @@ pub async fn run(
         shutdown.clone(),
         grace,
     ));
+    let applier = tokio::spawn(crate::applier::run(
+        store.clone(),
+        policy(&settings),
+        settings.worker.max_idle,
+        shutdown.clone(),
+    ));
     tokio::spawn(crate::worker::prune(
         store.clone(),
         settings.retention.clone(),
@@ -144,6 +150,8 @@ pub async fn run(
     {
         warn!("scheduler did not stop within the grace period");
     }
+    // Its last batch is one transaction; what it did not take stays queued.
+    let _ = tokio::time::timeout(grace, applier).await;
     // It bounds its own wait for deliveries in flight by the grace period.
     let _ = tokio::time::timeout(grace + Duration::from_secs(1), outbox).await;
     store.pool().close().await;

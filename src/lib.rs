@@ -9,6 +9,7 @@
 //! [`sandbox`] stand in for Google and Twilio.
 
 pub mod app;
+pub mod applier;
 pub mod bench;
 pub mod chaos;
 pub mod check_config;

@@ -193,6 +193,7 @@ async fn webhooks_are_verified_with_their_agent_s_token_and_relayed_to_its_url()
 
     // B's Google signs with B's token, at B's own webhook URL.
     t.b.deliver(&first, true).await;
+    t.h.applied().await;
     assert_eq!(t.h.get(&first).await["state"], "delivered");
 
     // Signed with A's token but claiming to be B's: refused on both routes,
@@ -216,6 +217,7 @@ async fn webhooks_are_verified_with_their_agent_s_token_and_relayed_to_its_url()
         post_signed(&t, "/webhooks/rbm", body.clone(), &sig).await,
         200
     );
+    t.h.applied().await;
     assert_eq!(t.h.get(&second).await["state"], "delivered");
     // ...but not on A's own URL.
     let a_path = format!("/webhooks/rbm/{}", t.h.s.google.agent_id());
@@ -351,6 +353,8 @@ async fn an_early_delivery_applies_to_its_agent_s_message_in_a_mixed_batch() {
         post_signed(&t, &format!("/webhooks/rbm/{B}"), body, &sig).await,
         200
     );
+    // Applied, and found no message yet: the registration applies it.
+    t.h.applied().await;
     // One batch, agent A's message first.
     let r = reqwest::Client::new()
         .post(t.h.url("/v1/messages:batch"))

@@ -1250,6 +1250,7 @@ async fn get_shows_an_rcs_delivery_in_the_history() {
     );
     let id = h.send_and_register(phone, 600_000).await;
     let hooks = h.s.google.wait_for_webhooks(2, WAIT).await.unwrap();
+    h.applied().await;
     let m = h.get(&id).await;
     assert_eq!(m["state"], "delivered");
     assert_eq!(m["outcome"], "rcs");

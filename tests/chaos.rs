@@ -108,6 +108,7 @@ async fn a_ttl_revocation_reported_after_the_revoke_still_leads_to_the_sms() {
     let hooks = h.s.google.wait_for_webhooks(1, WAIT).await.unwrap();
     assert_eq!(hooks[0].event_type, "TTL_EXPIRATION_REVOKED");
     assert_eq!(hooks[0].status, Some(200));
+    h.applied().await;
     let m = h.get(&id).await;
     assert!(
         common::kinds(&m).contains(&"ttl_revoked".to_owned()),
@@ -150,6 +151,7 @@ async fn a_delivered_that_came_before_the_registration_prevents_the_sms() {
         reset_rate: 1.0,
         ..GoogleFaults::default()
     });
+    h.applied().await;
     let r = h.post(&common::message(phone, &id, 300)).await;
     assert_eq!(r.status(), 201);
     // The delivery Google reported first applies at registration: nothing is

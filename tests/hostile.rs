@@ -1128,6 +1128,7 @@ async fn tampered_google_webhooks_are_401_and_record_nothing() {
     // so the genuine signature padded with it is the genuine signature.
     let (status, _, got) = post_rbm(&h, &body, &[format!(" \t{sig} ").as_bytes()]).await;
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&got));
+    h.applied().await;
     assert_eq!(h.get(&id).await["state"], "delivered");
 }
 

@@ -26,6 +26,7 @@ async fn delivered_in_time_means_no_revoke_and_no_sms() {
     assert_eq!(m["next_action_at"], serde_json::Value::Null);
     // The READ that follows is recorded without changing anything.
     h.s.google.wait_for_webhooks(2, WAIT).await.unwrap();
+    h.applied().await;
     let m = h.get(&id).await;
     assert_eq!(kinds(&m), ["registered", "rcs_delivered", "rcs_read"]);
     assert!(h.s.google.revokes().is_empty());
@@ -195,6 +196,7 @@ async fn ttl_revoke_failed_means_delivered() {
     assert_eq!(m["outcome"], "rcs");
     // Both the DELIVERED and the TTL event arrive; whichever is second is only recorded.
     h.s.google.wait_for_webhooks(2, WAIT).await.unwrap();
+    h.applied().await;
     let k = kinds(&h.get(&id).await);
     assert!(k.contains(&"ttl_revoke_failed".to_owned()), "{k:?}");
     assert_eq!(h.sms_to(phone).await, 0);

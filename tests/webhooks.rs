@@ -183,6 +183,39 @@ async fn a_delivery_reported_before_registration_settles_the_registration_and_it
     assert_eq!(answer, h.get(&id).await);
 }
 
+/// An event acknowledged by a replica that died before applying it is left
+/// in the queue; this replica's applier finds it on its own periodic look
+/// (nothing wakes it) and applies it.
+#[tokio::test]
+async fn an_event_another_replica_recorded_but_never_applied_is_applied() {
+    let h = start().await;
+    let phone = "+14155550191";
+    let id = h.send_and_register(phone, TEN_MINUTES_MS).await;
+    let event = google_event(&h, "DELIVERED", phone, &id);
+    // What the other replica's webhook committed before it died.
+    let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&h.db.url)
+        .await
+        .unwrap();
+    sqlx::query(
+        "WITH e AS (INSERT INTO rbm_events (agent_id, event_key, event_type, message_id, payload)
+                    VALUES ($1, $2, 'DELIVERED', $3, $4))
+         INSERT INTO rbm_inbox (agent_id, event_key) VALUES ($1, $2)",
+    )
+    .bind(h.s.google.agent_id())
+    .bind(event["eventId"].as_str().unwrap())
+    .bind(&id)
+    .bind(&event)
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    let m = h.wait_state(&id, "delivered").await;
+    assert_eq!(kinds(&m), ["registered", "rcs_delivered"]);
+    assert_eq!(m["events"][1]["detail"]["event_id"], event["eventId"]);
+    // Google's redelivery of it is a duplicate: applied once.
+    h.google_posts(&event).await;
+    assert_eq!(kinds(&h.get(&id).await), ["registered", "rcs_delivered"]);
+}
+
 /// A registration and Google's report on the same message, at the same
 /// instant: whichever commits second must see the other, or the message stays
 /// pending and gets revoked although it was delivered. Many pairs, so that
@@ -373,6 +406,7 @@ async fn the_emulated_phones_own_webhooks_are_accepted() {
         assert_eq!(hook.status, Some(200), "{hook:?}");
         assert_eq!(hook.attempts, 1, "{hook:?}");
     }
+    h.applied().await;
     let ma = h.get(&a).await;
     assert_eq!(
         (ma["state"].as_str(), ma["outcome"].as_str()),
@@ -478,6 +512,7 @@ async fn bad_signatures_are_401_and_record_nothing() {
     // genuine event still applies.
     let (status, answer) = post_rbm(&h, &body, Some(&sig)).await;
     assert_eq!(status, 200, "{answer}");
+    h.applied().await;
     let m = h.get(&id).await;
     assert_eq!(m["state"], "delivered");
     assert_eq!(kinds(&m), ["registered", "rcs_delivered"]);
@@ -681,6 +716,7 @@ async fn unknown_ids_and_events_needing_no_action_are_acknowledged() {
     let sig = google_sign(h.s.google.client_token(), data.as_bytes());
     let (status, answer) = post_rbm(&h, &envelope, Some(&sig)).await;
     assert_eq!(status, 200, "{answer}");
+    h.applied().await;
 
     let m = h.get(&id).await;
     assert_eq!(m["state"], "pending", "{m:#}");

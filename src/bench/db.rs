@@ -120,7 +120,7 @@ pub async fn delete_after(pool: &PgPool, after: i64) -> anyhow::Result<()> {
 
 /// Empties every table of the service.
 pub async fn truncate(pool: &PgPool) -> anyhow::Result<()> {
-    sqlx::query("TRUNCATE messages, message_events, rbm_events")
+    sqlx::query("TRUNCATE messages, message_events, rbm_events, rbm_inbox")
         .execute(pool)
         .await?;
     Ok(())
@@ -129,7 +129,7 @@ pub async fn truncate(pool: &PgPool) -> anyhow::Result<()> {
 /// VACUUM ANALYZE of the service's tables, as autovacuum would do between
 /// bursts of churn (the server may run with autovacuum off).
 pub async fn vacuum(pool: &PgPool) -> anyhow::Result<()> {
-    for table in ["messages", "message_events", "rbm_events"] {
+    for table in ["messages", "message_events", "rbm_events", "rbm_inbox"] {
         // VACUUM cannot run in a transaction: the simple protocol.
         sqlx::raw_sql(&format!("VACUUM (ANALYZE) {table}"))
             .execute(pool)
@@ -146,6 +146,61 @@ pub async fn checkpoint(pool: &PgPool) {
     if let Err(e) = sqlx::raw_sql("CHECKPOINT").execute(pool).await {
         tracing::warn!(error = %e, "CHECKPOINT failed; measuring without it");
     }
+}
+
+/// A task sampling how many rows `table` (a queue) holds, every `every`.
+pub struct QueueDepth {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<i64>,
+}
+
+impl QueueDepth {
+    /// The most rows seen.
+    pub async fn stop(self) -> i64 {
+        let _ = self.stop.send(());
+        self.task.await.unwrap_or(-1)
+    }
+}
+
+pub fn sample_queue(pool: &PgPool, table: &'static str, every: Duration) -> QueueDepth {
+    let (stop, mut stopped) = tokio::sync::oneshot::channel();
+    let pool = pool.clone();
+    let task = tokio::spawn(async move {
+        let mut deepest = 0;
+        loop {
+            if let Ok(n) = queue_len(&pool, table).await {
+                deepest = deepest.max(n);
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {}
+                _ = &mut stopped => return deepest,
+            }
+        }
+    });
+    QueueDepth { stop, task }
+}
+
+async fn queue_len(pool: &PgPool, table: &str) -> sqlx::Result<i64> {
+    sqlx::query_scalar(&format!("SELECT count(*) FROM {table}"))
+        .fetch_one(pool)
+        .await
+}
+
+/// Waits, polling every millisecond, until `table` is empty; when it was
+/// first seen so, or `None` if it was not within `patience`.
+pub async fn wait_empty(
+    pool: &PgPool,
+    table: &str,
+    patience: Duration,
+) -> anyhow::Result<Option<tokio::time::Instant>> {
+    let give_up = tokio::time::Instant::now() + patience;
+    while tokio::time::Instant::now() < give_up {
+        if queue_len(pool, table).await? == 0 {
+            return Ok(Some(tokio::time::Instant::now()));
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    Ok(None)
 }
 
 /// Messages with row id above `after`, by state.

@@ -375,6 +375,20 @@ impl Results {
         }
         if let Some(e) = &self.webhooks {
             self.endpoint_rows(&mut rows, "webhook ingest", e, false);
+            if let Some(a) = &e.applying {
+                rows.push(Row {
+                    figure: "webhook events applied after their 200".into(),
+                    measured: format!(
+                        "at most {} waiting; all applied {} after the last 200",
+                        thousands(a.deepest as f64),
+                        ms(a.drained_after)
+                    ),
+                    target: "-".into(),
+                    vs_pgbench: "-".into(),
+                    result: "-",
+                    cpu: "-".into(),
+                });
+            }
         }
         if let Some(l) = &self.deadline_small {
             self.lateness_rows(&mut rows, l, self.deadline_large.is_none());

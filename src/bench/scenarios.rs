@@ -26,6 +26,18 @@ pub struct Endpoint {
     pub half: LoadResult,
     pub half_rate: f64,
     pub half_usage: Usage,
+    /// For writes acknowledged before they are applied: how far behind the
+    /// applying was.
+    pub applying: Option<Applying>,
+}
+
+/// Google events are applied after their 200 (see `store::rbm_events`).
+#[derive(Debug)]
+pub struct Applying {
+    /// The most events waiting to be applied, sampled every 20 ms.
+    pub deepest: i64,
+    /// From the last acknowledgement until every event was applied.
+    pub drained_after: Duration,
 }
 
 #[derive(Debug)]
@@ -209,6 +221,7 @@ impl Bench {
             half,
             half_rate,
             half_usage: probe::usage(&s2, &s3),
+            applying: None,
         })
     }
 
@@ -324,6 +337,7 @@ impl Bench {
                     .body(body),
             )
         });
+        let depth = db::sample_queue(&self.pool, "rbm_inbox", Duration::from_millis(20));
         let s0 = self.probe.sample().await;
         let max =
             load::closed_loop(p.concurrency, p.warmup, p.duration, &[200], make.clone()).await;
@@ -332,6 +346,16 @@ impl Bench {
         let s2 = self.probe.sample().await;
         let half = load::open_loop(half_rate, p.warmup, p.duration, 4096, &[200], make).await;
         let s3 = self.probe.sample().await;
+        let acked = Instant::now();
+        let drained_after = db::wait_empty(&self.pool, "rbm_inbox", Duration::from_secs(60))
+            .await?
+            .map(|t| t.saturating_duration_since(acked));
+        let deepest = depth.stop().await;
+        if drained_after.is_none() {
+            self.notes.push(
+                "webhooks: events still waiting to be applied 60 s after the last 200".into(),
+            );
+        }
         let delivered = sqlx::query_scalar::<_, i64>(
             "SELECT count(*) FROM messages WHERE id > $1 AND state = 'delivered'",
         )
@@ -355,6 +379,10 @@ impl Bench {
             half,
             half_rate,
             half_usage: probe::usage(&s2, &s3),
+            applying: drained_after.map(|drained_after| Applying {
+                deepest,
+                drained_after,
+            }),
         })
     }
 

@@ -88,7 +88,7 @@ impl Writes {
         let s = store.clone();
         let rbm_events = Batcher::start(GROUP_MAX, flushes, move |batch: Incoming<RbmEvent>| {
             let s = s.clone();
-            async move { s.ingest_rbm_events(batch, &policy).await }
+            async move { s.ingest_rbm_events(batch).await }
         });
         let s = store.clone();
         let sms_statuses =

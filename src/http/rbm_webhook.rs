@@ -1,6 +1,7 @@
 //! Google's webhook: the verification handshake, then signed events. The
-//! handler verifies, records and applies in one short transaction and
-//! answers; it never calls out. Anything but a 200 makes Google retry, which
+//! handler verifies, records in one statement and answers (the applier
+//! applies the event right after, see `store::rbm_events`); it never calls
+//! out. Anything but a 200 makes Google retry, which
 //! is what we want whenever we could not record the event.
 //!
 //! Decoding and verifying is a pure function, [`decode_for`], so that it can be
@@ -406,18 +407,16 @@ async fn receive_for(
             event_type: event.event_type,
             message_id: event.message_id,
             payload: event.payload,
-            input: event.input,
             relay,
         })
         .await?;
-    match &ingested {
-        Ingested::Applied(a) => {
-            tracing::info!(event_type, message_id = ?message_id, state = %a.message.state, "Google event applied")
-        }
+    match ingested {
         Ingested::Duplicate => {
             tracing::debug!(event_type, %event_key, "duplicate Google event")
         }
-        Ingested::Recorded => tracing::debug!(event_type, "Google event recorded"),
+        Ingested::Recorded => {
+            tracing::debug!(event_type, message_id = ?message_id, "Google event recorded")
+        }
     }
     Ok((StatusCode::OK, axum::Json(serde_json::json!({}))).into_response())
 }

@@ -21,7 +21,7 @@ mod signing;
 
 pub use deliver::run;
 pub use events::{callbacks_for_step, Callback};
-pub use queue::{enqueue_callbacks, enqueue_relays, Relay};
+pub use queue::{enqueue_callbacks, Relay};
 pub use signing::{sign, SigningSecret};
 
 use crate::config::Settings;

@@ -19,29 +19,6 @@ pub struct Relay {
     pub body: Vec<u8>,
 }
 
-/// Queues relays in the caller's transaction. Ids follow the slice's
-/// order, which is the order of delivery per agent.
-pub async fn enqueue_relays(conn: &mut PgConnection, relays: &[&Relay]) -> Result<(), sqlx::Error> {
-    if relays.is_empty() {
-        return Ok(());
-    }
-    sqlx::query!(
-        "INSERT INTO outbox (kind, ordering_key, target_url, headers, body)
-         SELECT 'relay', k, u, h, b FROM UNNEST($1::text[], $2::text[], $3::jsonb[], $4::bytea[])
-              AS t(k, u, h, b)",
-        &relays
-            .iter()
-            .map(|r| r.agent_id.clone())
-            .collect::<Vec<_>>(),
-        &relays.iter().map(|r| r.url.clone()).collect::<Vec<_>>(),
-        &relays.iter().map(|r| r.headers.clone()).collect::<Vec<_>>(),
-        &relays.iter().map(|r| r.body.clone()).collect::<Vec<_>>(),
-    )
-    .execute(conn)
-    .await?;
-    Ok(())
-}
-
 /// Queues callbacks in the caller's transaction.
 pub async fn enqueue_callbacks(
     conn: &mut PgConnection,

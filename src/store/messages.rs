@@ -374,6 +374,10 @@ impl Store {
         let early = sqlx::query!(
             r#"SELECT agent_id, message_id AS "message_id!", event_type, payload FROM rbm_events
                WHERE (agent_id, message_id) IN (SELECT * FROM UNNEST($1::text[], $2::text[]))
+                 -- Still queued: the applier's to apply (migration 11).
+                 AND NOT EXISTS (SELECT 1 FROM rbm_inbox i
+                                 WHERE i.agent_id = rbm_events.agent_id
+                                   AND i.event_key = rbm_events.event_key)
                ORDER BY received_at"#,
             &agents,
             &ids

@@ -27,7 +27,7 @@ use crate::domain::{Facts, OnUncertain, Policy, SmsStatus, SmsWindow, State};
 pub use claims::{Claimed, WorkResult};
 pub use messages::{Deadline, ListPage, NewMessage, Registered};
 pub use operations::{LastHour, Overview, StuckRow};
-pub use rbm_events::{Ingested, RbmEvent};
+pub use rbm_events::{AppliedEvent, Ingested, RbmEvent};
 pub use retention::Pruned;
 pub use transitions::{Applied, Caller, OutsideInput};
 
@@ -76,6 +76,9 @@ pub struct Store {
     pool: PgPool,
     /// Wakes this process's scheduler after a commit that made work due.
     wake: Arc<Notify>,
+    /// Wakes this process's applier of Google events after events were
+    /// recorded for it.
+    recorded: Arc<Notify>,
     /// Work due within this long is announced on [`DUE_CHANNEL`]; later work
     /// is found by the schedulers' periodic look.
     notify_horizon: Duration,
@@ -121,6 +124,7 @@ impl Store {
         Store {
             pool,
             wake: Arc::new(Notify::new()),
+            recorded: Arc::new(Notify::new()),
             notify_horizon,
             default_callback_url: None,
             unreachable_for: Duration::ZERO,

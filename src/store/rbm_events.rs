@@ -1,8 +1,18 @@
-//! Google's webhook events: recorded and applied in one transaction, before
-//! Google gets its 200, so an event is never acknowledged and then lost.
-//! Events that arrive together are written together (see [`super::batch`]).
+//! Google's webhook events: recorded in one statement before Google gets its
+//! 200, so an event is never acknowledged and then lost, and applied to their
+//! messages right after, by this process's applier ([`Store::apply_recorded`]).
+//! Events that arrive together are recorded together (see [`super::batch`]).
+//!
+//! Recording queues each new event that names a message in `rbm_inbox`, in
+//! the order received; the applier takes the queue from its head, under the
+//! same message-key locks as registrations. An event that names a message
+//! not registered yet stays recorded, and its registration applies it (see
+//! migration 11 for who owns an event when).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use tokio::sync::Notify;
 
 use super::batch::Incoming;
 use super::transitions::{Caller, Change};
@@ -16,163 +26,211 @@ pub struct RbmEvent {
     /// The deduplication key: the eventId, or for user messages their messageId.
     pub event_key: String,
     pub event_type: String,
+    /// Set only for events that can concern one of our messages.
     pub message_id: Option<String>,
     pub payload: serde_json::Value,
-    /// What the event means for the message it names, if anything.
-    pub input: Option<Input>,
     /// The webhook as received, when it is to be relayed to the agent.
     pub relay: Option<crate::outbox::Relay>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, PartialEq, Eq)]
 pub enum Ingested {
     /// Seen before: nothing done again.
     Duplicate,
-    /// Recorded; needs no action, or names no message we track.
+    /// Recorded, and queued for the applier if it names a message.
     Recorded,
-    Applied(Box<Applied>),
+}
+
+/// A recorded event, applied to its message.
+#[derive(Debug)]
+pub struct AppliedEvent {
+    pub event_type: String,
+    pub applied: Applied,
 }
 
 impl Store {
-    /// Records `events` and applies those that concern a tracked message, in
-    /// one transaction; answers each, in order.
+    /// Records `events` (and queues their relays) in one statement, committed
+    /// as it answers; answers each, in order. A redelivery, even within the
+    /// batch, is a duplicate of the first.
     pub async fn ingest_rbm_events(
         &self,
         incoming: Incoming<RbmEvent>,
-        policy: &Policy,
     ) -> Result<Vec<Ingested>, StoreError> {
-        let (mut tx, events) = incoming.open(&self.pool).await?;
-        let (agents, ids): (Vec<String>, Vec<String>) = events
-            .iter()
-            .filter_map(|e| Some((e.agent_id.clone(), e.message_id.clone()?)))
-            .unzip();
-        // The messages an event would change, should it be new: whether it is
-        // is known only from the insert below, so a redelivery's message is
-        // locked for nothing, which is rare and harmless.
-        let wanted: Vec<String> = events
-            .iter()
-            .filter(|e| e.input.is_some())
-            .filter_map(|e| e.message_id.clone())
-            .collect();
-        // One statement: the message-key locks (see the store module), then
-        // the messages read and locked in a snapshot that sees what the locks
-        // waited for (migration 9), then the events recorded. Rows come back
-        // as either a new event's key or a message.
-        let mut fresh = HashSet::new();
-        let mut rows = Vec::new();
-        for r in sqlx::query!(
-            r#"WITH locked AS MATERIALIZED (
-                   SELECT m FROM lock_message_keys_read_rows($6::text[], $7::text[], $8::text[]) AS m
+        let (mut conn, events) = incoming.acquire(&self.pool).await?;
+        let column = |f: fn(&RbmEvent) -> Option<String>| events.iter().map(f).collect::<Vec<_>>();
+        let fresh: Vec<(String, String)> = sqlx::query!(
+            r#"WITH input AS MATERIALIZED (
+                   -- The first of each key, with its place in the batch.
+                   SELECT DISTINCT ON (agent_id, event_key) *
+                   FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::jsonb[],
+                               $6::text[], $7::jsonb[], $8::bytea[]) WITH ORDINALITY
+                       AS t(agent_id, event_key, event_type, message_id, payload,
+                            relay_url, relay_headers, relay_body, ord)
+                   ORDER BY agent_id, event_key, ord
                ), ins AS (
                    INSERT INTO rbm_events (agent_id, event_key, event_type, message_id, payload,
                                            received_at)
-                   -- The statement's time: the transaction opened before the
-                   -- events arrived (see `batch`).
-                   SELECT t.*, statement_timestamp()
-                   FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::jsonb[])
-                       AS t(agent_id, event_key, event_type, message_id, payload)
-                       -- After the locks.
-                       CROSS JOIN (SELECT count(*) FROM locked) AS l
+                   -- The statement's time: the batch's connection was taken
+                   -- before the events arrived (see `batch`).
+                   SELECT agent_id, event_key, event_type, message_id, payload,
+                          statement_timestamp()
+                   FROM input
                    -- In key order, so two batches holding the same keys cannot
                    -- deadlock on the unique index.
                    ORDER BY agent_id, event_key
                    ON CONFLICT (agent_id, event_key) DO NOTHING
                    RETURNING agent_id, event_key
+               ), fresh AS MATERIALIZED (
+                   SELECT input.* FROM input JOIN ins USING (agent_id, event_key)
+               ), queued AS (
+                   -- In the order received: ids are the applier's order.
+                   INSERT INTO rbm_inbox (agent_id, event_key)
+                   SELECT agent_id, event_key FROM fresh WHERE message_id IS NOT NULL ORDER BY ord
+               ), relayed AS (
+                   -- Only what Google sends for the first time goes to the
+                   -- agent, in the order received.
+                   INSERT INTO outbox (kind, ordering_key, target_url, headers, body)
+                   SELECT 'relay', agent_id, relay_url, relay_headers, relay_body
+                   FROM fresh WHERE relay_url IS NOT NULL ORDER BY ord
                )
-               SELECT agent_id AS "agent_id?", event_key AS "event_key?",
-                      NULL::messages AS "row?: MessageRow"
-               FROM ins
-               UNION ALL
-               SELECT NULL, NULL, m FROM locked"#,
-            &events
-                .iter()
-                .map(|e| e.agent_id.clone())
-                .collect::<Vec<_>>(),
-            &events
-                .iter()
-                .map(|e| e.event_key.clone())
-                .collect::<Vec<_>>(),
-            &events
-                .iter()
-                .map(|e| e.event_type.clone())
-                .collect::<Vec<_>>(),
-            &events
-                .iter()
-                .map(|e| e.message_id.clone())
-                .collect::<Vec<_>>() as &[Option<String>],
+               SELECT agent_id AS "agent_id!", event_key AS "event_key!" FROM fresh"#,
+            &column(|e| Some(e.agent_id.clone())) as &[Option<String>],
+            &column(|e| Some(e.event_key.clone())) as &[Option<String>],
+            &column(|e| Some(e.event_type.clone())) as &[Option<String>],
+            &column(|e| e.message_id.clone()) as &[Option<String>],
             &events.iter().map(|e| e.payload.clone()).collect::<Vec<_>>(),
-            &agents,
-            &ids,
-            &wanted,
+            &column(|e| Some(e.relay.as_ref()?.url.clone())) as &[Option<String>],
+            &events
+                .iter()
+                .map(|e| e.relay.as_ref().map(|r| r.headers.clone()))
+                .collect::<Vec<_>>() as &[Option<serde_json::Value>],
+            &events
+                .iter()
+                .map(|e| e.relay.as_ref().map(|r| r.body.clone()))
+                .collect::<Vec<_>>() as &[Option<Vec<u8>>],
         )
-        .fetch_all(&mut *tx)
+        .fetch_all(&mut *conn)
         .await?
-        {
-            match (r.agent_id, r.event_key, r.row) {
-                (_, _, Some(row)) => rows.push(row),
-                (Some(agent), Some(key), None) => {
-                    fresh.insert((agent, key));
-                }
-                _ => {}
-            }
+        .into_iter()
+        .map(|r| (r.agent_id, r.event_key))
+        .collect();
+        // The next batch's turn.
+        drop(conn);
+        if events.iter().any(|e| e.message_id.is_some()) {
+            self.recorded.notify_one();
         }
-        // A redelivery within the same batch is a duplicate of the first.
-        let mut seen = HashSet::new();
-        let is_fresh: Vec<bool> = events
+        let mut fresh: std::collections::HashSet<(String, String)> = fresh.into_iter().collect();
+        Ok(events
             .iter()
             .map(|e| {
-                let key = (e.agent_id.clone(), e.event_key.clone());
-                fresh.contains(&key) && seen.insert(key)
-            })
-            .collect();
-        // Only what Google sends for the first time goes to the agent.
-        let relays: Vec<&crate::outbox::Relay> = events
-            .iter()
-            .zip(&is_fresh)
-            .filter(|(_, fresh)| **fresh)
-            .filter_map(|(e, _)| e.relay.as_ref())
-            .collect();
-        crate::outbox::enqueue_relays(&mut tx, &relays).await?;
-        let by_id: HashMap<&str, &MessageRow> =
-            rows.iter().map(|r| (r.message_id.as_str(), r)).collect();
-        let mut changes = Vec::new();
-        let mut targets = Vec::with_capacity(events.len());
-        for (e, fresh) in events.iter().zip(&is_fresh) {
-            // Message ids are per agent: another agent's id is not ours.
-            let target = match (fresh, &e.input, &e.message_id) {
-                (true, Some(input), Some(id)) => by_id
-                    .get(id.as_str())
-                    .filter(|row| row.agent_id == e.agent_id)
-                    .map(|row| (row.id, input)),
-                _ => None,
-            };
-            if let Some((id, input)) = target {
-                changes.push(Change {
-                    id,
-                    caller: Caller::Outside,
-                    input,
-                    detail: serde_json::json!({
-                        "event_id": e.payload.get("eventId"),
-                        "send_time": e.payload.get("sendTime"),
-                    }),
-                });
-            }
-            targets.push(target.is_some());
-        }
-        let (applied, due_in) = self.apply_all(&mut tx, rows, changes, policy).await?;
-        tx.commit().await?;
-        self.poke(due_in);
-        let mut applied = applied.into_iter();
-        Ok(is_fresh
-            .into_iter()
-            .zip(targets)
-            .map(|(fresh, target)| match (fresh, target) {
-                (false, _) => Ingested::Duplicate,
-                (true, false) => Ingested::Recorded,
-                (true, true) => {
-                    Ingested::Applied(Box::new(applied.next().expect("one applied per change")))
+                // Taken by the first of a key, so a second one is a duplicate.
+                if fresh.remove(&(e.agent_id.clone(), e.event_key.clone())) {
+                    Ingested::Recorded
+                } else {
+                    Ingested::Duplicate
                 }
             })
             .collect())
+    }
+
+    /// What wakes the applier: events were recorded for it.
+    pub fn recorded_handle(&self) -> Arc<Notify> {
+        self.recorded.clone()
+    }
+
+    /// Applies up to `limit` recorded events from the head of the queue, in
+    /// one transaction, in the order received; returns how many it took from
+    /// the queue and the steps of those that changed a message.
+    ///
+    /// Appliers of several replicas take turns: each locks the rows it takes,
+    /// and one that waited for them finds them gone.
+    pub async fn apply_recorded(
+        &self,
+        limit: i64,
+        policy: &Policy,
+    ) -> Result<(usize, Vec<AppliedEvent>), StoreError> {
+        // Committed without waiting for its WAL flush: the events leave the
+        // queue in the same transaction as they apply, so a crash that loses
+        // the commit loses both, and they are applied again. Whatever acts
+        // on an applied step (a claim, a delivery's lease) commits after it,
+        // and a commit flushes the WAL before it. So the webhook's own
+        // flushes do not queue behind the applier's.
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN; SET LOCAL synchronous_commit = off")
+            .await?;
+        let taken = sqlx::query!(
+            r#"WITH taken AS (
+                   DELETE FROM rbm_inbox WHERE id IN (
+                       SELECT id FROM rbm_inbox ORDER BY id LIMIT $1 FOR UPDATE
+                   )
+                   RETURNING id, agent_id, event_key
+               )
+               SELECT t.id, r.agent_id, r.message_id AS "message_id!", r.event_type,
+                      r.payload->'eventId' AS "event_id?", r.payload->'sendTime' AS "send_time?"
+               FROM taken t JOIN rbm_events r USING (agent_id, event_key)
+               ORDER BY t.id"#,
+            limit
+        )
+        .fetch_all(&mut *tx)
+        .await?;
+        if taken.is_empty() {
+            return Ok((0, Vec::new()));
+        }
+        let (agents, ids): (Vec<String>, Vec<String>) = taken
+            .iter()
+            .map(|e| (e.agent_id.clone(), e.message_id.clone()))
+            .unzip();
+        // The message-key locks (see the store module), then the messages,
+        // read and locked in a snapshot that sees what the locks waited for.
+        let rows = sqlx::query_scalar!(
+            r#"SELECT m AS "m!: MessageRow"
+               FROM lock_message_keys_read_rows($1::text[], $2::text[], $2::text[]) AS m"#,
+            &agents,
+            &ids,
+        )
+        .fetch_all(&mut *tx)
+        .await?;
+        let by_id: HashMap<&str, &MessageRow> =
+            rows.iter().map(|r| (r.message_id.as_str(), r)).collect();
+        // Message ids are per agent: another agent's id is not ours. An event
+        // for a message not registered yet waits for it.
+        let targets: Vec<(i64, Input, &str, serde_json::Value)> = taken
+            .iter()
+            .filter_map(|e| {
+                let input = Input::from_rbm_event(&e.event_type)?;
+                let row = by_id
+                    .get(e.message_id.as_str())
+                    .filter(|row| row.agent_id == e.agent_id)?;
+                let detail = serde_json::json!({
+                    "event_id": e.event_id,
+                    "send_time": e.send_time,
+                });
+                Some((row.id, input, e.event_type.as_str(), detail))
+            })
+            .collect();
+        let changes = targets
+            .iter()
+            .map(|(id, input, _, detail)| Change {
+                id: *id,
+                caller: Caller::Outside,
+                input,
+                detail: detail.clone(),
+            })
+            .collect();
+        let (applied, due_in) = self.apply_all(&mut tx, rows, changes, policy).await?;
+        tx.commit().await?;
+        self.poke(due_in);
+        Ok((
+            taken.len(),
+            targets
+                .iter()
+                .zip(applied)
+                .map(|((_, _, event_type, _), applied)| AppliedEvent {
+                    event_type: (*event_type).to_owned(),
+                    applied,
+                })
+                .collect(),
+        ))
     }
 }

@@ -74,6 +74,7 @@ pub struct Harness {
     pub s: Sandbox,
     pub api: reqwest::Client,
     pub db: TestDb,
+    inbox: tokio::sync::OnceCell<sqlx::PgPool>,
 }
 
 pub async fn start() -> Harness {
@@ -104,7 +105,12 @@ pub async fn start_with(configure: impl FnOnce(&mut SandboxConfig)) -> Harness {
     configure(&mut cfg);
     let s = Sandbox::start(cfg).await.expect("sandbox starts");
     let api = s.api();
-    let h = Harness { s, api, db };
+    let h = Harness {
+        s,
+        api,
+        db,
+        inbox: Default::default(),
+    };
     h.wait_ready().await;
     h
 }
@@ -204,10 +210,40 @@ impl Harness {
         event
     }
 
-    /// Google posts `event`, signed, and the service acknowledges it.
+    /// Google posts `event`, signed, the service acknowledges it, and has
+    /// applied it by the time this returns.
     pub async fn google_posts(&self, event: &Value) {
         let status = self.s.google.post_event(event).await.unwrap();
         assert_eq!(status, 200, "not acknowledged: {event}");
+        self.applied().await;
+    }
+
+    /// Waits until the service has applied every Google event it
+    /// acknowledged: it records them before the 200 and applies them right
+    /// after, from a queue in the database.
+    pub async fn applied(&self) {
+        // One connection per harness, however many tasks wait.
+        let pool = self
+            .inbox
+            .get_or_init(|| async {
+                sqlx::postgres::PgPoolOptions::new()
+                    .max_connections(1)
+                    .connect(&self.db.url)
+                    .await
+                    .unwrap()
+            })
+            .await;
+        for _ in 0..1000 {
+            let waiting: i64 = sqlx::query_scalar("SELECT count(*) FROM rbm_inbox")
+                .fetch_one(pool)
+                .await
+                .unwrap();
+            if waiting == 0 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        panic!("acknowledged Google events were never applied");
     }
 
     pub async fn sms_to(&self, phone: &str) -> usize {
