@@ -216,6 +216,23 @@ async fn an_event_another_replica_recorded_but_never_applied_is_applied() {
     assert_eq!(kinds(&h.get(&id).await), ["registered", "rcs_delivered"]);
 }
 
+/// A queued event whose record retention has deleted (an applier down for
+/// longer than the retention) still leaves the queue, alone or not: it must
+/// not sit at the head of the queue for ever.
+#[tokio::test]
+async fn a_queued_event_whose_record_is_gone_leaves_the_queue() {
+    let h = start().await;
+    let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&h.db.url)
+        .await
+        .unwrap();
+    sqlx::query("INSERT INTO rbm_inbox (agent_id, event_key) VALUES ($1, 'pruned-long-ago')")
+        .bind(h.s.google.agent_id())
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    h.applied().await;
+}
+
 /// A registration and Google's report on the same message, at the same
 /// instant: whichever commits second must see the other, or the message stays
 /// pending and gets revoked although it was delivered. Many pairs, so that

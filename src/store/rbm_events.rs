@@ -9,7 +9,7 @@
 //! not registered yet stays recorded, and its registration applies it (see
 //! migration 11 for who owns an event when).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use tokio::sync::Notify;
@@ -33,7 +33,7 @@ pub struct RbmEvent {
     pub relay: Option<crate::outbox::Relay>,
 }
 
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum Ingested {
     /// Seen before: nothing done again.
     Duplicate,
@@ -57,8 +57,15 @@ impl Store {
         incoming: Incoming<RbmEvent>,
     ) -> Result<Vec<Ingested>, StoreError> {
         let (mut conn, events) = incoming.acquire(&self.pool).await?;
-        let column = |f: fn(&RbmEvent) -> Option<String>| events.iter().map(f).collect::<Vec<_>>();
-        let fresh: Vec<(String, String)> = sqlx::query!(
+        fn column<T>(events: &[RbmEvent], f: impl Fn(&RbmEvent) -> T) -> Vec<T> {
+            events.iter().map(f).collect()
+        }
+        fn relay(e: &RbmEvent) -> Option<&crate::outbox::Relay> {
+            e.relay.as_ref()
+        }
+        // The places in the batch (from 1) of the events recorded: the first
+        // of each new key.
+        let fresh: HashSet<i64> = sqlx::query_scalar!(
             r#"WITH input AS MATERIALIZED (
                    -- The first of each key, with its place in the batch.
                    SELECT DISTINCT ON (agent_id, event_key) *
@@ -93,38 +100,29 @@ impl Store {
                    SELECT 'relay', agent_id, relay_url, relay_headers, relay_body
                    FROM fresh WHERE relay_url IS NOT NULL ORDER BY ord
                )
-               SELECT agent_id AS "agent_id!", event_key AS "event_key!" FROM fresh"#,
-            &column(|e| Some(e.agent_id.clone())) as &[Option<String>],
-            &column(|e| Some(e.event_key.clone())) as &[Option<String>],
-            &column(|e| Some(e.event_type.clone())) as &[Option<String>],
-            &column(|e| e.message_id.clone()) as &[Option<String>],
-            &events.iter().map(|e| e.payload.clone()).collect::<Vec<_>>(),
-            &column(|e| Some(e.relay.as_ref()?.url.clone())) as &[Option<String>],
-            &events
-                .iter()
-                .map(|e| e.relay.as_ref().map(|r| r.headers.clone()))
-                .collect::<Vec<_>>() as &[Option<serde_json::Value>],
-            &events
-                .iter()
-                .map(|e| e.relay.as_ref().map(|r| r.body.clone()))
-                .collect::<Vec<_>>() as &[Option<Vec<u8>>],
+               SELECT ord AS "ord!" FROM fresh"#,
+            &column(&events, |e| e.agent_id.clone()),
+            &column(&events, |e| e.event_key.clone()),
+            &column(&events, |e| e.event_type.clone()),
+            &column(&events, |e| e.message_id.clone()) as &[Option<String>],
+            &column(&events, |e| e.payload.clone()),
+            &column(&events, |e| relay(e).map(|r| r.url.clone())) as &[Option<String>],
+            &column(&events, |e| relay(e).map(|r| r.headers.clone()))
+                as &[Option<serde_json::Value>],
+            &column(&events, |e| relay(e).map(|r| r.body.clone())) as &[Option<Vec<u8>>],
         )
         .fetch_all(&mut *conn)
         .await?
         .into_iter()
-        .map(|r| (r.agent_id, r.event_key))
         .collect();
         // The next batch's turn.
         drop(conn);
         if events.iter().any(|e| e.message_id.is_some()) {
             self.recorded.notify_one();
         }
-        let mut fresh: std::collections::HashSet<(String, String)> = fresh.into_iter().collect();
-        Ok(events
-            .iter()
-            .map(|e| {
-                // Taken by the first of a key, so a second one is a duplicate.
-                if fresh.remove(&(e.agent_id.clone(), e.event_key.clone())) {
+        Ok((1..=events.len() as i64)
+            .map(|ord| {
+                if fresh.contains(&ord) {
                     Ingested::Recorded
                 } else {
                     Ingested::Duplicate
@@ -166,9 +164,13 @@ impl Store {
                    )
                    RETURNING id, agent_id, event_key
                )
-               SELECT t.id, r.agent_id, r.message_id AS "message_id!", r.event_type,
+               -- Every row taken comes back, so that the count is true and
+               -- a row whose event retention deleted (an applier down for
+               -- longer than `retention.keep_days`) leaves the queue too.
+               SELECT t.id, t.agent_id, r.message_id AS "message_id?",
+                      r.event_type AS "event_type?",
                       r.payload->'eventId' AS "event_id?", r.payload->'sendTime' AS "send_time?"
-               FROM taken t JOIN rbm_events r USING (agent_id, event_key)
+               FROM taken t LEFT JOIN rbm_events r USING (agent_id, event_key)
                ORDER BY t.id"#,
             limit
         )
@@ -179,7 +181,7 @@ impl Store {
         }
         let (agents, ids): (Vec<String>, Vec<String>) = taken
             .iter()
-            .map(|e| (e.agent_id.clone(), e.message_id.clone()))
+            .filter_map(|e| Some((e.agent_id.clone(), e.message_id.clone()?)))
             .unzip();
         // The message-key locks (see the store module), then the messages,
         // read and locked in a snapshot that sees what the locks waited for.
@@ -198,15 +200,16 @@ impl Store {
         let targets: Vec<(i64, Input, &str, serde_json::Value)> = taken
             .iter()
             .filter_map(|e| {
-                let input = Input::from_rbm_event(&e.event_type)?;
+                let event_type = e.event_type.as_deref()?;
+                let input = Input::from_rbm_event(event_type)?;
                 let row = by_id
-                    .get(e.message_id.as_str())
+                    .get(e.message_id.as_deref()?)
                     .filter(|row| row.agent_id == e.agent_id)?;
                 let detail = serde_json::json!({
                     "event_id": e.event_id,
                     "send_time": e.send_time,
                 });
-                Some((row.id, input, e.event_type.as_str(), detail))
+                Some((row.id, input, event_type, detail))
             })
             .collect();
         let changes = targets
