@@ -89,6 +89,8 @@ struct Inner {
     due_depth: Gauge,
     oldest_due: Gauge<f64, AtomicU64>,
     stuck: Gauge,
+    google_waiting: Gauge,
+    google_set_aside: Gauge,
     database_up: Gauge,
     /// When the database was last read; held while reading, so concurrent
     /// scrapes wait for one query instead of each running their own.
@@ -189,6 +191,18 @@ impl Metrics {
             "Rows of the stuck_messages view (overdue, in doubt, or awaiting an SMS status)",
             stuck.clone(),
         );
+        let google_waiting = Gauge::default();
+        registry.register(
+            "google_events_waiting",
+            "Google events acknowledged and not yet applied to their messages",
+            google_waiting.clone(),
+        );
+        let google_set_aside = Gauge::default();
+        registry.register(
+            "google_events_set_aside",
+            "Google events set aside because applying them failed even alone (see the logs)",
+            google_set_aside.clone(),
+        );
         let database_up = Gauge::default();
         registry.register(
             "database_up",
@@ -210,6 +224,8 @@ impl Metrics {
             due_depth,
             oldest_due,
             stuck,
+            google_waiting,
+            google_set_aside,
             database_up,
             last_read: Mutex::new(None),
         }))
@@ -359,6 +375,8 @@ impl Metrics {
                     self.0.due_depth.set(o.due_depth);
                     self.0.oldest_due.set(o.oldest_due_secs.unwrap_or(0.0));
                     self.0.stuck.set(o.stuck);
+                    self.0.google_waiting.set(o.google_events_waiting);
+                    self.0.google_set_aside.set(o.google_events_set_aside);
                     self.0.database_up.set(1);
                 }
                 Err(e) => {

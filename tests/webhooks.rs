@@ -233,6 +233,78 @@ async fn a_queued_event_whose_record_is_gone_leaves_the_queue() {
     h.applied().await;
 }
 
+/// An event that fails even alone (here a trigger an operator added refuses
+/// its message's history) is set aside with its error, rather than holding up
+/// the events queued behind it, for every message. Queued again once the
+/// cause is mended, it applies.
+#[tokio::test]
+async fn an_event_that_cannot_be_applied_is_set_aside_and_the_queue_goes_on() {
+    let h = start().await;
+    let (refused_phone, phone) = ("+14155550301", "+14155550302");
+    let refused = h.send_and_register(refused_phone, TEN_MINUTES_MS).await;
+    let fine = h.send_and_register(phone, TEN_MINUTES_MS).await;
+    let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&h.db.url)
+        .await
+        .unwrap();
+    let row: i64 = sqlx::query_scalar("SELECT id FROM messages WHERE message_id = $1")
+        .bind(&refused)
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    sqlx::raw_sql(&format!(
+        "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN RAISE EXCEPTION 'history refused by a trigger'; END $$;
+         CREATE TRIGGER refuse BEFORE INSERT ON message_events FOR EACH ROW
+             WHEN (NEW.message_id = {row}) EXECUTE FUNCTION refuse();"
+    ))
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    // Queued in this order, most likely taken in one batch.
+    let first = google_event(&h, "DELIVERED", refused_phone, &refused);
+    let second = google_event(&h, "DELIVERED", phone, &fine);
+    let (a, b) = tokio::join!(
+        h.s.google.post_event(&first),
+        h.s.google.post_event(&second)
+    );
+    assert_eq!((a.unwrap(), b.unwrap()), (200, 200));
+    h.applied().await;
+
+    assert_eq!(h.get(&fine).await["state"], "delivered");
+    assert_eq!(kinds(&h.get(&refused).await), ["registered"]);
+    let (key, error): (String, String) =
+        sqlx::query_as("SELECT event_key, error FROM rbm_inbox WHERE failed_at IS NOT NULL")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+    assert_eq!(key, first["eventId"].as_str().unwrap());
+    assert!(error.contains("history refused by a trigger"), "{error}");
+    let metrics = client()
+        .get(h.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("\nrbmf_google_events_set_aside 1\n"),
+        "{metrics}"
+    );
+
+    // Mended, and queued again as the README says: the applier's periodic
+    // look finds it.
+    sqlx::raw_sql(
+        "DROP TRIGGER refuse ON message_events;
+         UPDATE rbm_inbox SET failed_at = NULL, error = NULL WHERE failed_at IS NOT NULL;",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    let m = h.wait_state(&refused, "delivered").await;
+    assert_eq!(kinds(&m), ["registered", "rcs_delivered"]);
+}
+
 /// A registration and Google's report on the same message, at the same
 /// instant: whichever commits second must see the other, or the message stays
 /// pending and gets revoked although it was delivered. Many pairs, so that

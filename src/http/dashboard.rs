@@ -72,6 +72,18 @@ td.id{{font-family:ui-monospace,monospace;text-align:left}}
     tile(&mut p, "stuck", &o.stuck.to_string(), o.stuck > 0);
     tile(
         &mut p,
+        "Google events to apply",
+        &o.google_events_waiting.to_string(),
+        false,
+    );
+    tile(
+        &mut p,
+        "Google events set aside",
+        &o.google_events_set_aside.to_string(),
+        o.google_events_set_aside > 0,
+    );
+    tile(
+        &mut p,
         "revokes answered, 1 h",
         &h.revokes.to_string(),
         false,

@@ -27,7 +27,7 @@ use crate::domain::{Facts, OnUncertain, Policy, SmsStatus, SmsWindow, State};
 pub use claims::{Claimed, WorkResult};
 pub use messages::{Deadline, ListPage, NewMessage, Registered};
 pub use operations::{LastHour, Overview, StuckRow};
-pub use rbm_events::{AppliedEvent, Ingested, RbmEvent};
+pub use rbm_events::{AppliedEvent, AppliedHead, Ingested, RbmEvent};
 pub use retention::Pruned;
 pub use transitions::{Applied, Caller, OutsideInput};
 
@@ -51,6 +51,18 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// Failures a retry may cure: those of [`StoreError::is_unavailable`],
+    /// and a transaction that lost a race (a deadlock, a serialization
+    /// failure, a lock or statement timeout).
+    pub fn is_transient(&self) -> bool {
+        if let StoreError::Batch(e) = self {
+            return e.is_transient();
+        }
+        self.is_unavailable()
+            || matches!(self, StoreError::Database(sqlx::Error::Database(e))
+                if e.code().is_some_and(|c| matches!(&*c, "40001" | "40P01" | "55P03" | "57014")))
+    }
+
     /// Failures a retry may cure: the database is unreachable, restarting or
     /// out of connections, as opposed to a bug or a broken row.
     pub fn is_unavailable(&self) -> bool {

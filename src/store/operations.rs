@@ -17,6 +17,10 @@ pub struct Overview {
     pub oldest_due_secs: Option<f64>,
     /// Rows of `stuck_messages`.
     pub stuck: i64,
+    /// Google events acknowledged and not applied yet (the applier's queue).
+    pub google_events_waiting: i64,
+    /// Google events the applier set aside: they failed even alone.
+    pub google_events_set_aside: i64,
 }
 
 /// Figures over the last hour, from the history (true across replicas).
@@ -64,7 +68,10 @@ impl Store {
         let due = sqlx::query!(
             r#"SELECT count(*) AS "depth!",
                       EXTRACT(EPOCH FROM now() - min(due_at))::float8 AS oldest_secs,
-                      (SELECT count(*) FROM stuck_messages) AS "stuck!"
+                      (SELECT count(*) FROM stuck_messages) AS "stuck!",
+                      (SELECT count(*) FROM rbm_inbox WHERE failed_at IS NULL) AS "waiting!",
+                      (SELECT count(*) FROM rbm_inbox WHERE failed_at IS NOT NULL)
+                          AS "set_aside!"
                FROM messages WHERE due_at IS NOT NULL AND due_at <= now()"#
         )
         .fetch_one(self.pool())
@@ -74,6 +81,8 @@ impl Store {
             due_depth: due.depth,
             oldest_due_secs: due.oldest_secs,
             stuck: due.stuck,
+            google_events_waiting: due.waiting,
+            google_events_set_aside: due.set_aside,
         })
     }
 

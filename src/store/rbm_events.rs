@@ -11,7 +11,9 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::time::Duration;
 
+use sqlx::{PgConnection, Postgres, Transaction};
 use tokio::sync::Notify;
 
 use super::batch::Incoming;
@@ -46,6 +48,19 @@ pub enum Ingested {
 pub struct AppliedEvent {
     pub event_type: String,
     pub applied: Applied,
+}
+
+/// What became of the event at the head of the queue, applied alone.
+#[derive(Debug)]
+pub enum AppliedHead {
+    /// Applied: the steps it made, if it changed a message.
+    Applied(Vec<AppliedEvent>),
+    /// It failed, with an error a retry will not cure, and was set aside.
+    SetAside {
+        agent_id: String,
+        event_key: String,
+        error: StoreError,
+    },
 }
 
 impl Store {
@@ -147,38 +162,82 @@ impl Store {
         limit: i64,
         policy: &Policy,
     ) -> Result<(usize, Vec<AppliedEvent>), StoreError> {
-        // Committed without waiting for its WAL flush: the events leave the
-        // queue in the same transaction as they apply, so a crash that loses
-        // the commit loses both, and they are applied again. Whatever acts
-        // on an applied step (a claim, a delivery's lease) commits after it,
-        // and a commit flushes the WAL before it. So the webhook's own
-        // flushes do not queue behind the applier's.
-        let mut tx = self
-            .pool
-            .begin_with("BEGIN; SET LOCAL synchronous_commit = off")
-            .await?;
-        let taken = sqlx::query!(
-            r#"WITH taken AS (
-                   DELETE FROM rbm_inbox WHERE id IN (
-                       SELECT id FROM rbm_inbox ORDER BY id LIMIT $1 FOR UPDATE
-                   )
-                   RETURNING id, agent_id, event_key
-               )
-               -- Every row taken comes back, so that the count is true and
-               -- a row whose event retention deleted (an applier down for
-               -- longer than `retention.keep_days`) leaves the queue too.
-               SELECT t.id, t.agent_id, r.message_id AS "message_id?",
-                      r.event_type AS "event_type?",
-                      r.payload->'eventId' AS "event_id?", r.payload->'sendTime' AS "send_time?"
-               FROM taken t LEFT JOIN rbm_events r USING (agent_id, event_key)
-               ORDER BY t.id"#,
-            limit
-        )
-        .fetch_all(&mut *tx)
-        .await?;
+        let mut tx = self.begin_applying().await?;
+        let taken = take_queued(&mut tx, limit).await?;
         if taken.is_empty() {
             return Ok((0, Vec::new()));
         }
+        let (applied, due_in) = self.apply_taken(&mut tx, &taken, policy).await?;
+        tx.commit().await?;
+        self.poke(due_in);
+        Ok((taken.len(), applied))
+    }
+
+    /// Applies the event at the head of the queue alone (`None` if there is
+    /// none). If that fails with an error a retry will not cure, the event is
+    /// set aside rather than left to block the queue: the applier's way out
+    /// of a batch that fails.
+    pub async fn apply_head(&self, policy: &Policy) -> Result<Option<AppliedHead>, StoreError> {
+        let mut tx = self.begin_applying().await?;
+        let Some(head) = take_queued(&mut tx, 1).await?.pop() else {
+            return Ok(None);
+        };
+        let error = match self
+            .apply_taken(&mut tx, std::slice::from_ref(&head), policy)
+            .await
+        {
+            Ok((applied, due_in)) => {
+                tx.commit().await?;
+                self.poke(due_in);
+                return Ok(Some(AppliedHead::Applied(applied)));
+            }
+            Err(e) if e.is_transient() => return Err(e),
+            Err(e) => e,
+        };
+        tx.rollback().await?;
+        // Rolled back, the event is back in the queue, unless another
+        // replica's applier has taken it since.
+        let set_aside = sqlx::query!(
+            "UPDATE rbm_inbox SET failed_at = now(), error = $2
+             WHERE id = $1 AND failed_at IS NULL",
+            head.id,
+            error.to_string()
+        )
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        if set_aside == 0 {
+            return Ok(Some(AppliedHead::Applied(Vec::new())));
+        }
+        Ok(Some(AppliedHead::SetAside {
+            agent_id: head.agent_id,
+            event_key: head.event_key,
+            error,
+        }))
+    }
+
+    /// The applier's transaction, committed without waiting for its WAL
+    /// flush: the events leave the queue in the same transaction as they
+    /// apply, so a crash that loses the commit loses both, and they are
+    /// applied again. Whatever acts on an applied step (a claim, a delivery's
+    /// lease) commits after it, and a commit flushes the WAL before it. So the
+    /// webhook's own flushes do not queue behind the applier's.
+    async fn begin_applying(&self) -> Result<Transaction<'static, Postgres>, StoreError> {
+        Ok(self
+            .pool
+            .begin_with("BEGIN; SET LOCAL synchronous_commit = off")
+            .await?)
+    }
+
+    /// Applies the events `taken` from the queue, in the order taken; answers
+    /// the steps of those that changed a message, and when the next step of
+    /// one is due.
+    async fn apply_taken(
+        &self,
+        tx: &mut PgConnection,
+        taken: &[Queued],
+        policy: &Policy,
+    ) -> Result<(Vec<AppliedEvent>, Option<Duration>), StoreError> {
         let (agents, ids): (Vec<String>, Vec<String>) = taken
             .iter()
             .filter_map(|e| Some((e.agent_id.clone(), e.message_id.clone()?)))
@@ -221,19 +280,53 @@ impl Store {
                 detail: detail.clone(),
             })
             .collect();
-        let (applied, due_in) = self.apply_all(&mut tx, rows, changes, policy).await?;
-        tx.commit().await?;
-        self.poke(due_in);
-        Ok((
-            taken.len(),
-            targets
-                .iter()
-                .zip(applied)
-                .map(|((_, _, event_type, _), applied)| AppliedEvent {
-                    event_type: (*event_type).to_owned(),
-                    applied,
-                })
-                .collect(),
-        ))
+        let (applied, due_in) = self.apply_all(tx, rows, changes, policy).await?;
+        let applied = targets
+            .iter()
+            .zip(applied)
+            .map(|((_, _, event_type, _), applied)| AppliedEvent {
+                event_type: (*event_type).to_owned(),
+                applied,
+            })
+            .collect();
+        Ok((applied, due_in))
     }
+}
+
+/// An event taken from the queue, with what its record says (nothing if
+/// retention deleted the record).
+struct Queued {
+    id: i64,
+    agent_id: String,
+    event_key: String,
+    message_id: Option<String>,
+    event_type: Option<String>,
+    event_id: Option<serde_json::Value>,
+    send_time: Option<serde_json::Value>,
+}
+
+/// Takes up to `limit` events from the head of the queue, passing over those
+/// set aside, in the order received.
+async fn take_queued(tx: &mut PgConnection, limit: i64) -> Result<Vec<Queued>, StoreError> {
+    Ok(sqlx::query_as!(
+        Queued,
+        r#"WITH taken AS (
+               DELETE FROM rbm_inbox WHERE id IN (
+                   SELECT id FROM rbm_inbox WHERE failed_at IS NULL
+                   ORDER BY id LIMIT $1 FOR UPDATE
+               )
+               RETURNING id, agent_id, event_key
+           )
+           -- Every row taken comes back, so that the count is true and
+           -- a row whose event retention deleted (an applier down for
+           -- longer than `retention.keep_days`) leaves the queue too.
+           SELECT t.id AS "id!", t.agent_id AS "agent_id!", t.event_key AS "event_key!",
+                  r.message_id AS "message_id?", r.event_type AS "event_type?",
+                  r.payload->'eventId' AS "event_id?", r.payload->'sendTime' AS "send_time?"
+           FROM taken t LEFT JOIN rbm_events r USING (agent_id, event_key)
+           ORDER BY t.id"#,
+        limit
+    )
+    .fetch_all(tx)
+    .await?)
 }
