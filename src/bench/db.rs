@@ -288,10 +288,14 @@ pub struct PgbenchResult {
     pub tps: f64,
     pub latency_ms: f64,
     pub transactions: u64,
+    /// Paced runs only: each transaction's latency from its scheduled
+    /// start, as the bench's own open loop measures them, ascending.
+    pub latencies: Vec<Duration>,
 }
 
 /// Single-row INSERT transactions (`pgbench -n -f script -c C -j C -T secs`)
-/// into a table of their own in the benchmark database.
+/// into a table of their own in the benchmark database; with `rate`, paced
+/// at that many a second (`-R`), each transaction's latency logged (`-l`).
 pub async fn pgbench(
     exe: &Path,
     pool: &PgPool,
@@ -299,6 +303,7 @@ pub async fn pgbench(
     dir: &Path,
     clients: usize,
     secs: u64,
+    rate: Option<f64>,
 ) -> anyhow::Result<PgbenchResult> {
     sqlx::query(
         "CREATE TABLE IF NOT EXISTS bench_pgbench (
@@ -331,9 +336,16 @@ pub async fn pgbench(
         } else {
             parsed.username()
         })
-        .arg(parsed.path().trim_start_matches('/'))
         .stdin(Stdio::null())
         .kill_on_drop(true);
+    let log = dir.join("pgbench-paced");
+    if let Some(rate) = rate {
+        cmd.arg("-R")
+            .arg(format!("{rate:.0}"))
+            .arg("-l")
+            .arg(format!("--log-prefix={}", log.display()));
+    }
+    cmd.arg(parsed.path().trim_start_matches('/'));
     if let Some(pw) = parsed.password() {
         cmd.env("PGPASSWORD", pw);
     }
@@ -354,7 +366,41 @@ pub async fn pgbench(
         stdout,
         String::from_utf8_lossy(&out.stderr)
     );
-    parse_pgbench(&stdout).with_context(|| format!("cannot read pgbench's output:\n{stdout}"))
+    let mut result = parse_pgbench(&stdout)
+        .with_context(|| format!("cannot read pgbench's output:\n{stdout}"))?;
+    if rate.is_some() {
+        result.latencies = paced_latencies(dir, "pgbench-paced")?;
+    }
+    Ok(result)
+}
+
+/// The latencies in pgbench's per-transaction logs (one file per thread,
+/// named `<prefix>.<pid>[.<thread>]`; the third field is the latency in
+/// microseconds), ascending. The logs are removed once read.
+fn paced_latencies(dir: &Path, prefix: &str) -> anyhow::Result<Vec<Duration>> {
+    let mut latencies = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        let ours = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with(&format!("{prefix}.")));
+        if !ours {
+            continue;
+        }
+        latencies.extend(log_latencies(&std::fs::read_to_string(&path)?));
+        std::fs::remove_file(&path)?;
+    }
+    anyhow::ensure!(!latencies.is_empty(), "pgbench logged no transactions");
+    latencies.sort_unstable();
+    Ok(latencies)
+}
+
+fn log_latencies(log: &str) -> impl Iterator<Item = Duration> + '_ {
+    log.lines().filter_map(|line| {
+        let us: u64 = line.split_whitespace().nth(2)?.parse().ok()?;
+        Some(Duration::from_micros(us))
+    })
 }
 
 fn parse_pgbench(out: &str) -> anyhow::Result<PgbenchResult> {
@@ -369,6 +415,7 @@ fn parse_pgbench(out: &str) -> anyhow::Result<PgbenchResult> {
         latency_ms: number_after("latency average = ").unwrap_or(0.0),
         transactions: number_after("number of transactions actually processed: ").unwrap_or(0.0)
             as u64,
+        latencies: Vec::new(),
     })
 }
 
@@ -388,6 +435,18 @@ mod tests {
         assert!((r.tps - 4363.870124).abs() < 1e-6);
         assert!((r.latency_ms - 3.666).abs() < 1e-9);
         assert_eq!(r.transactions, 21465);
+    }
+
+    #[test]
+    fn reads_pgbench_transaction_logs() {
+        // client_id transaction_no time script_no time_epoch time_us schedule_lag
+        let log = "0 0 1534 0 1763913600 123456 210\n\
+                   3 17 25010 0 1763913600 223456 24000\n\
+                   garbage\n";
+        assert_eq!(
+            log_latencies(log).collect::<Vec<_>>(),
+            [Duration::from_micros(1534), Duration::from_micros(25010)]
+        );
     }
 
     #[test]

@@ -328,6 +328,7 @@ impl Bench {
                         self.rig.dir(),
                         self.plan.concurrency,
                         secs,
+                        None,
                     );
                     let probe = async {
                         tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -345,7 +346,34 @@ impl Bench {
                                 p.tps, self.plan.concurrency, p.transactions, p.latency_ms
                             ));
                             r.usage("pgbench", probe::usage(&s0, &s1));
+                            let paced = p.tps * report::PACED_SHARE;
                             r.pgbench = Some(p);
+                            // PostgreSQL's own latency at the rate where the
+                            // latency targets apply, on this machine now: the
+                            // baseline of the p99 figures.
+                            say(&format!("pgbench paced at {paced:.0}/s ..."));
+                            match db::pgbench(
+                                &exe,
+                                &self.pool,
+                                &self.rig.database_url,
+                                self.rig.dir(),
+                                self.plan.concurrency,
+                                secs,
+                                Some(paced),
+                            )
+                            .await
+                            {
+                                Ok(p) => {
+                                    say(&format!(
+                                        "  p50 {}, p99 {}, max {}",
+                                        quantile_ms(&p.latencies, 0.5),
+                                        quantile_ms(&p.latencies, 0.99),
+                                        quantile_ms(&p.latencies, 1.0),
+                                    ));
+                                    r.pgbench_paced = Some((paced, p));
+                                }
+                                Err(e) => r.error("pgbench paced", e),
+                            }
                         }
                         Err(e) => r.error("pgbench", e),
                     }
@@ -514,6 +542,11 @@ impl Bench {
         }
         Ok(())
     }
+}
+
+/// The q-quantile of `sorted`, in milliseconds.
+fn quantile_ms(sorted: &[Duration], q: f64) -> String {
+    load::quantile(sorted, q).map_or("-".into(), report::ms)
 }
 
 fn say(line: &str) {

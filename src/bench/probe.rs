@@ -36,6 +36,7 @@ pub struct Sample {
     bench: u64,
     commits: i64,
     wal_syncs: i64,
+    wal_bytes: i64,
 }
 
 /// The difference between two readings.
@@ -56,6 +57,7 @@ pub struct Usage {
     pub idle: f64,
     pub commits: i64,
     pub wal_syncs: i64,
+    pub wal_bytes: i64,
 }
 
 impl Usage {
@@ -80,6 +82,14 @@ impl Usage {
             return 0.0;
         }
         self.wal_syncs as f64 / self.wall.as_secs_f64()
+    }
+
+    /// WAL written, in MB a second: what the flushes carry.
+    pub fn wal_mb_per_sec(&self) -> f64 {
+        if self.wall.is_zero() {
+            return 0.0;
+        }
+        self.wal_bytes as f64 / 1e6 / self.wall.as_secs_f64()
     }
 }
 
@@ -110,10 +120,11 @@ impl Probe {
         .fetch_one(&self.pool)
         .await
         .unwrap_or(0);
-        let wal_syncs: i64 = sqlx::query_scalar("SELECT wal_sync::bigint FROM pg_stat_wal")
-            .fetch_one(&self.pool)
-            .await
-            .unwrap_or(0);
+        let (wal_syncs, wal_bytes): (i64, i64) =
+            sqlx::query_as("SELECT wal_sync::bigint, wal_bytes::bigint FROM pg_stat_wal")
+                .fetch_one(&self.pool)
+                .await
+                .unwrap_or((0, 0));
         let m = machine_ticks().unwrap_or_default();
         let procs = Procs::read(self.service_pid, &self.database);
         Sample {
@@ -128,6 +139,7 @@ impl Probe {
             others: procs.others,
             commits,
             wal_syncs,
+            wal_bytes,
         }
     }
 }
@@ -164,6 +176,7 @@ pub fn usage(earlier: &Sample, later: &Sample) -> Usage {
         idle: secs(earlier.idle, later.idle),
         commits: later.commits - earlier.commits,
         wal_syncs: later.wal_syncs - earlier.wal_syncs,
+        wal_bytes: later.wal_bytes - earlier.wal_bytes,
     }
 }
 

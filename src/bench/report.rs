@@ -15,6 +15,8 @@ pub struct Results {
     plan: String,
     cores: usize,
     pub pgbench: Option<PgbenchResult>,
+    /// pgbench paced at this rate, with its latencies.
+    pub pgbench_paced: Option<(f64, PgbenchResult)>,
     pub pgbench_missing: Option<String>,
     pub intake_small: Option<Endpoint>,
     pub intake_large: Option<Endpoint>,
@@ -35,6 +37,10 @@ pub struct Results {
 /// Targets of the issue.
 const INTAKE_RATIO: f64 = 0.5;
 const P99_MS: f64 = 20.0;
+/// The share of pgbench's maximum at which it is paced for its latency: the
+/// rate at which a service just meeting the throughput target (`INTAKE_RATIO`)
+/// is asked for its p99 (half its maximum).
+pub const PACED_SHARE: f64 = INTAKE_RATIO / 2.0;
 const BATCH_PER_SEC: f64 = 50_000.0;
 const LATE_P50_MS: f64 = 10.0;
 const LATE_P99_MS: f64 = 50.0;
@@ -280,6 +286,20 @@ impl Results {
         }
     }
 
+    /// `p99` against pgbench's own p99, paced (see [`PACED_SHARE`]).
+    fn p99_ratio(&self, p99: Option<Duration>) -> String {
+        let paced = self
+            .pgbench_paced
+            .as_ref()
+            .and_then(|(_, p)| super::load::quantile(&p.latencies, 0.99));
+        match (p99, paced) {
+            (Some(ours), Some(pg)) if !pg.is_zero() => {
+                format!("{:.1}", ours.as_secs_f64() / pg.as_secs_f64())
+            }
+            _ => "-".into(),
+        }
+    }
+
     fn endpoint_rows(&self, rows: &mut Vec<Row>, what: &str, e: &Endpoint, backlog: bool) {
         let at = if backlog {
             format!(" ({} pending)", thousands(e.pending as f64))
@@ -306,7 +326,7 @@ impl Results {
             figure: format!("{what} p99 at {}/s{at}", thousands(e.half_rate)),
             measured: p99.map_or("-".into(), ms),
             target: format!("≤ {P99_MS:.0} ms"),
-            vs_pgbench: "-".into(),
+            vs_pgbench: self.p99_ratio(p99),
             result: verdict(p99.map(|d| ms_f(Some(d)) <= P99_MS && e.half.errors == 0)),
             cpu: self.cpu(&e.half_usage),
         });
@@ -354,6 +374,17 @@ impl Results {
                     .iter()
                     .find(|(n, _)| n == "pgbench")
                     .map_or("-".into(), |(_, u)| self.cpu(u)),
+            });
+        }
+        if let Some((rate, p)) = &self.pgbench_paced {
+            let q = |q| super::load::quantile(&p.latencies, q).map_or("-".into(), ms);
+            rows.push(Row {
+                figure: format!("pgbench p99 paced at {}/s", thousands(*rate)),
+                measured: format!("{} (p50 {}, max {})", q(0.99), q(0.5), q(1.0)),
+                target: "baseline".into(),
+                vs_pgbench: "1.0".into(),
+                result: "-",
+                cpu: "-".into(),
             });
         }
         if let Some(e) = &self.intake_small {
@@ -533,7 +564,7 @@ impl Results {
         ));
         out.push_str("\nWhere the time went (CPU in % of one core; ");
         out.push_str(&format!("{}% is the whole machine):\n\n", 100 * self.cores));
-        let body: Vec<[String; 11]> = self
+        let body: Vec<[String; 12]> = self
             .usages
             .iter()
             .map(|(phase, u)| {
@@ -559,6 +590,7 @@ impl Results {
                     format!("{:.0}% / {:.0}%", u.pct(u.irq), u.pct(u.steal)),
                     thousands(u.commits_per_sec()),
                     thousands(u.wal_syncs_per_sec()),
+                    format!("{:.1}", u.wal_mb_per_sec()),
                 ]
             })
             .collect();
@@ -575,6 +607,7 @@ impl Results {
                 "irq / steal",
                 "commits/s",
                 "WAL syncs/s",
+                "WAL MB/s",
             ],
             &body,
         ));
