@@ -273,7 +273,7 @@ async fn an_event_that_cannot_be_applied_is_set_aside_and_the_queue_goes_on() {
     assert_eq!(h.get(&fine).await["state"], "delivered");
     assert_eq!(kinds(&h.get(&refused).await), ["registered"]);
     let (key, error): (String, String) =
-        sqlx::query_as("SELECT event_key, error FROM rbm_inbox WHERE failed_at IS NOT NULL")
+        sqlx::query_as("SELECT event_key, error FROM rbm_inbox_set_aside")
             .fetch_one(&mut conn)
             .await
             .unwrap();
@@ -296,7 +296,9 @@ async fn an_event_that_cannot_be_applied_is_set_aside_and_the_queue_goes_on() {
     // look finds it.
     sqlx::raw_sql(
         "DROP TRIGGER refuse ON message_events;
-         UPDATE rbm_inbox SET failed_at = NULL, error = NULL WHERE failed_at IS NOT NULL;",
+         WITH back AS (DELETE FROM rbm_inbox_set_aside RETURNING id, agent_id, event_key)
+         INSERT INTO rbm_inbox (id, agent_id, event_key) OVERRIDING SYSTEM VALUE
+         SELECT id, agent_id, event_key FROM back ORDER BY id;",
     )
     .execute(&mut conn)
     .await

@@ -69,9 +69,8 @@ impl Store {
             r#"SELECT count(*) AS "depth!",
                       EXTRACT(EPOCH FROM now() - min(due_at))::float8 AS oldest_secs,
                       (SELECT count(*) FROM stuck_messages) AS "stuck!",
-                      (SELECT count(*) FROM rbm_inbox WHERE failed_at IS NULL) AS "waiting!",
-                      (SELECT count(*) FROM rbm_inbox WHERE failed_at IS NOT NULL)
-                          AS "set_aside!"
+                      (SELECT count(*) FROM rbm_inbox) AS "waiting!",
+                      (SELECT count(*) FROM rbm_inbox_set_aside) AS "set_aside!"
                FROM messages WHERE due_at IS NOT NULL AND due_at <= now()"#
         )
         .fetch_one(self.pool())

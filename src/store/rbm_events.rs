@@ -198,8 +198,11 @@ impl Store {
         // Rolled back, the event is back in the queue, unless another
         // replica's applier has taken it since.
         let set_aside = sqlx::query!(
-            "UPDATE rbm_inbox SET failed_at = now(), error = $2
-             WHERE id = $1 AND failed_at IS NULL",
+            "WITH taken AS (
+                 DELETE FROM rbm_inbox WHERE id = $1 RETURNING id, agent_id, event_key
+             )
+             INSERT INTO rbm_inbox_set_aside (id, agent_id, event_key, error)
+             SELECT id, agent_id, event_key, $2 FROM taken",
             head.id,
             error.to_string()
         )
@@ -305,15 +308,14 @@ struct Queued {
     send_time: Option<serde_json::Value>,
 }
 
-/// Takes up to `limit` events from the head of the queue, passing over those
-/// set aside, in the order received.
+/// Takes up to `limit` events from the head of the queue, in the order
+/// received.
 async fn take_queued(tx: &mut PgConnection, limit: i64) -> Result<Vec<Queued>, StoreError> {
     Ok(sqlx::query_as!(
         Queued,
         r#"WITH taken AS (
                DELETE FROM rbm_inbox WHERE id IN (
-                   SELECT id FROM rbm_inbox WHERE failed_at IS NULL
-                   ORDER BY id LIMIT $1 FOR UPDATE
+                   SELECT id FROM rbm_inbox ORDER BY id LIMIT $1 FOR UPDATE
                )
                RETURNING id, agent_id, event_key
            )

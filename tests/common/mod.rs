@@ -234,11 +234,10 @@ impl Harness {
             })
             .await;
         for _ in 0..1000 {
-            let waiting: i64 =
-                sqlx::query_scalar("SELECT count(*) FROM rbm_inbox WHERE failed_at IS NULL")
-                    .fetch_one(pool)
-                    .await
-                    .unwrap();
+            let waiting: i64 = sqlx::query_scalar("SELECT count(*) FROM rbm_inbox")
+                .fetch_one(pool)
+                .await
+                .unwrap();
             if waiting == 0 {
                 return;
             }
