@@ -13,3 +13,10 @@ pub mod google;
 pub mod twilio;
 
 pub use faults::{parse_faults, GoogleFaults, TwilioFaults};
+
+/// How long the emulators' clients (and the sandbox's) keep an idle
+/// connection to the service: below its idle keep-alive limit
+/// (`server.header_timeout_ms`, 10 s by default), so that a client never
+/// reuses a connection the service is closing at that moment, which fails
+/// the request sent on it.
+pub const CLIENT_IDLE: std::time::Duration = std::time::Duration::from_secs(5);

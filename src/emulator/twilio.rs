@@ -272,6 +272,7 @@ impl TwilioEmulator {
             // capture them.
             .no_proxy()
             .user_agent("TwilioProxy/1.1")
+            .pool_idle_timeout(crate::emulator::CLIENT_IDLE)
             .build()
             .context("building the status-callback HTTP client")?;
         let shared = Arc::new(Shared {

@@ -216,10 +216,7 @@ fn api_client(token: &str) -> reqwest::Client {
         .default_headers(headers)
         .no_proxy()
         .timeout(Duration::from_secs(30))
-        // Below the service's idle keep-alive limit (`server.header_timeout_ms`,
-        // 10 s by default): a client that reuses a connection the server is
-        // closing at that moment fails the request it sends on it.
-        .pool_idle_timeout(Duration::from_secs(5))
+        .pool_idle_timeout(crate::emulator::CLIENT_IDLE)
         .build()
         .expect("static client configuration")
 }

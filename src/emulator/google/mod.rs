@@ -339,6 +339,7 @@ impl GoogleEmulator {
             .timeout(Duration::from_secs(10))
             // A proxy from the environment must never see loopback traffic.
             .no_proxy()
+            .pool_idle_timeout(crate::emulator::CLIENT_IDLE)
             .build()?;
         let agent_id = bare_agent(&cfg.agent_id).to_owned();
         let inner = Arc::new(Inner {
