@@ -180,7 +180,8 @@ pub fn sample_queue(pool: &PgPool, table: &'static str, every: Duration) -> Queu
     QueueDepth { stop, task }
 }
 
-async fn queue_len(pool: &PgPool, table: &str) -> sqlx::Result<i64> {
+/// Rows in `table`.
+pub async fn queue_len(pool: &PgPool, table: &str) -> sqlx::Result<i64> {
     sqlx::query_scalar(&format!("SELECT count(*) FROM {table}"))
         .fetch_one(pool)
         .await
