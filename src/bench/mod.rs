@@ -321,15 +321,18 @@ impl Bench {
                     // their CPU time cannot be told from others' once they
                     // have exited.
                     let secs = self.plan.duration.as_secs().max(4);
-                    let run = db::pgbench(
-                        &exe,
-                        &self.pool,
-                        &self.rig.database_url,
-                        self.rig.dir(),
-                        self.plan.concurrency,
-                        secs,
-                        None,
-                    );
+                    let pgbench = |rate| {
+                        db::pgbench(
+                            &exe,
+                            &self.pool,
+                            &self.rig.database_url,
+                            self.rig.dir(),
+                            self.plan.concurrency,
+                            secs,
+                            rate,
+                        )
+                    };
+                    let run = pgbench(None);
                     let probe = async {
                         tokio::time::sleep(Duration::from_millis(1500)).await;
                         let s0 = self.probe.sample().await;
@@ -352,17 +355,7 @@ impl Bench {
                             // latency targets apply, on this machine now: the
                             // baseline of the p99 figures.
                             say(&format!("pgbench paced at {paced:.0}/s ..."));
-                            match db::pgbench(
-                                &exe,
-                                &self.pool,
-                                &self.rig.database_url,
-                                self.rig.dir(),
-                                self.plan.concurrency,
-                                secs,
-                                Some(paced),
-                            )
-                            .await
-                            {
+                            match pgbench(Some(paced)).await {
                                 Ok(p) => {
                                     say(&format!(
                                         "  p50 {}, p99 {}, max {}",
