@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::domain::Policy;
-use crate::store::{AppliedEvent, AppliedHead, Store};
+use crate::store::{AppliedEvent, AppliedHead, Store, StoreError};
 
 /// Events applied in one transaction. Under load the queue is as long as
 /// what arrived while the last batch was applied; this bounds the
@@ -46,7 +46,7 @@ async fn drain(store: &Store, policy: &Policy, shutdown: &CancellationToken) {
             }
             Err(e) if e.is_transient() => {
                 // Nothing was taken: the events wait in the queue.
-                warn!(error = %e, "applying recorded Google events failed; will retry");
+                will_retry(&e);
                 return;
             }
             Err(e) => {
@@ -81,15 +81,19 @@ async fn one_at_a_time(store: &Store, policy: &Policy, n: i64) -> bool {
                 event_key,
                 error = %error,
                 "a Google event cannot be applied and was set aside; its message will not \
-                 take it until it is queued again (README, Operations)"
+                 take it until it is queued again (docs/operations.md, \"Google events set aside\")"
             ),
             Err(e) => {
-                warn!(error = %e, "applying recorded Google events failed; will retry");
+                will_retry(&e);
                 return false;
             }
         }
     }
     true
+}
+
+fn will_retry(e: &StoreError) {
+    warn!(error = %e, "applying recorded Google events failed; will retry");
 }
 
 fn log_applied(applied: &[AppliedEvent]) {

@@ -239,6 +239,19 @@ async fn a_queued_event_whose_record_is_gone_leaves_the_queue() {
 /// cause is mended, it applies.
 #[tokio::test]
 async fn an_event_that_cannot_be_applied_is_set_aside_and_the_queue_goes_on() {
+    set_aside_and_queued_again("BEFORE INSERT ON message_events").await;
+}
+
+/// The same, refused by a check deferred to the commit: the statements
+/// succeed, and the commit fails.
+#[tokio::test]
+async fn an_event_refused_at_commit_is_set_aside_too() {
+    set_aside_and_queued_again("AFTER INSERT ON message_events DEFERRABLE INITIALLY DEFERRED")
+        .await;
+}
+
+/// `trigger`: when, and on what, the refusing trigger fires.
+async fn set_aside_and_queued_again(trigger: &str) {
     let h = start().await;
     let (refused_phone, phone) = ("+14155550301", "+14155550302");
     let refused = h.send_and_register(refused_phone, TEN_MINUTES_MS).await;
@@ -254,8 +267,13 @@ async fn an_event_that_cannot_be_applied_is_set_aside_and_the_queue_goes_on() {
     sqlx::raw_sql(&format!(
         "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$
          BEGIN RAISE EXCEPTION 'history refused by a trigger'; END $$;
-         CREATE TRIGGER refuse BEFORE INSERT ON message_events FOR EACH ROW
-             WHEN (NEW.message_id = {row}) EXECUTE FUNCTION refuse();"
+         CREATE {constraint}TRIGGER refuse {trigger} FOR EACH ROW
+             WHEN (NEW.message_id = {row}) EXECUTE FUNCTION refuse();",
+        constraint = if trigger.contains("DEFERRED") {
+            "CONSTRAINT "
+        } else {
+            ""
+        }
     ))
     .execute(&mut conn)
     .await
@@ -292,8 +310,8 @@ async fn an_event_that_cannot_be_applied_is_set_aside_and_the_queue_goes_on() {
         "{metrics}"
     );
 
-    // Mended, and queued again as the README says: the applier's periodic
-    // look finds it.
+    // Mended, and queued again as docs/operations.md says: the applier's
+    // periodic look finds it.
     sqlx::raw_sql(
         "DROP TRIGGER refuse ON message_events;
          WITH back AS (DELETE FROM rbm_inbox_set_aside RETURNING id, agent_id, event_key)

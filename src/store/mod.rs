@@ -51,20 +51,28 @@ pub enum StoreError {
 }
 
 impl StoreError {
-    /// Failures a retry may cure: those of [`StoreError::is_unavailable`],
-    /// and a transaction that lost a race (a deadlock, a serialization
-    /// failure, a lock or statement timeout).
+    /// Failures a retry may cure: those of [`StoreError::is_unavailable`], a
+    /// transaction that lost a race (a deadlock, a serialization failure, a
+    /// lock or statement timeout), and a server short of memory, disk or I/O.
+    /// When unsure, transient: a failure taken for permanent sets a good
+    /// Google event aside, while one taken for transient only holds up the
+    /// queue, which its metric shows.
     pub fn is_transient(&self) -> bool {
         if let StoreError::Batch(e) = self {
             return e.is_transient();
         }
         self.is_unavailable()
+            || matches!(self, StoreError::Database(sqlx::Error::WorkerCrashed))
             || matches!(self, StoreError::Database(sqlx::Error::Database(e))
-                if e.code().is_some_and(|c| matches!(&*c, "40001" | "40P01" | "55P03" | "57014")))
+            if e.code().is_some_and(|c| {
+                matches!(&*c, "40001" | "40P01" | "40003" | "55P03" | "55006")
+                    // Insufficient resources, operator intervention, system error.
+                    || ["53", "57", "58"].iter().any(|class| c.starts_with(class))
+            }))
     }
 
-    /// Failures a retry may cure: the database is unreachable, restarting or
-    /// out of connections, as opposed to a bug or a broken row.
+    /// The database is unreachable, restarting or out of connections (what
+    /// the API answers with 503), as opposed to a bug or a broken row.
     pub fn is_unavailable(&self) -> bool {
         if let StoreError::Batch(e) = self {
             return e.is_unavailable();

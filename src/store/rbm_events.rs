@@ -186,17 +186,28 @@ impl Store {
             .apply_taken(&mut tx, std::slice::from_ref(&head), policy)
             .await
         {
-            Ok((applied, due_in)) => {
-                tx.commit().await?;
-                self.poke(due_in);
-                return Ok(Some(AppliedHead::Applied(applied)));
+            Ok((applied, due_in)) => match tx.commit().await {
+                Ok(()) => {
+                    self.poke(due_in);
+                    return Ok(Some(AppliedHead::Applied(applied)));
+                }
+                // A check deferred to the commit (a constraint trigger)
+                // refused it, and the transaction is rolled back.
+                Err(e) => StoreError::from(e),
+            },
+            Err(e) => {
+                // Now, not when the connection is next used: until then the
+                // transaction would keep the lock on the event's queue row
+                // that setting it aside waits for.
+                tx.rollback().await?;
+                e
             }
-            Err(e) if e.is_transient() => return Err(e),
-            Err(e) => e,
         };
-        tx.rollback().await?;
-        // Rolled back, the event is back in the queue, unless another
-        // replica's applier has taken it since.
+        if error.is_transient() {
+            return Err(error);
+        }
+        // The event is back in the queue, unless another replica's applier
+        // has taken it since.
         let set_aside = sqlx::query!(
             "WITH taken AS (
                  DELETE FROM rbm_inbox WHERE id = $1 RETURNING id, agent_id, event_key
@@ -210,6 +221,7 @@ impl Store {
         .await?
         .rows_affected();
         if set_aside == 0 {
+            // Another replica's applier took it: its to apply or set aside.
             return Ok(Some(AppliedHead::Applied(Vec::new())));
         }
         Ok(Some(AppliedHead::SetAside {
