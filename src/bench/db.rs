@@ -342,7 +342,7 @@ pub async fn pgbench(
     let log = dir.join("pgbench-paced");
     if let Some(rate) = rate {
         cmd.arg("-R")
-            .arg(format!("{rate:.0}"))
+            .arg(format!("{:.0}", rate.max(1.0)))
             .arg("-l")
             .arg(format!("--log-prefix={}", log.display()));
     }

@@ -39,6 +39,8 @@ pub struct Applying {
     /// From the last acknowledgement until every event was applied, or how
     /// many still waited when the bench stopped waiting.
     pub drained: Result<Duration, i64>,
+    /// Events the applier set aside: it could not apply them.
+    pub set_aside: i64,
 }
 
 /// How long the bench waits for acknowledged events to be applied.
@@ -364,6 +366,7 @@ impl Bench {
             }
         };
         let deepest = depth.stop().await;
+        let set_aside = db::queue_len(&self.pool, "rbm_inbox_set_aside").await?;
         let delivered = sqlx::query_scalar::<_, i64>(
             "SELECT count(*) FROM messages WHERE id > $1 AND state = 'delivered'",
         )
@@ -377,7 +380,7 @@ impl Bench {
             ));
         }
         db::delete_after(&self.pool, before).await?;
-        sqlx::query("TRUNCATE rbm_events")
+        sqlx::query("TRUNCATE rbm_events, rbm_inbox_set_aside")
             .execute(&self.pool)
             .await?;
         Ok(Endpoint {
@@ -387,7 +390,11 @@ impl Bench {
             half,
             half_rate,
             half_usage: probe::usage(&s2, &s3),
-            applying: Some(Applying { deepest, drained }),
+            applying: Some(Applying {
+                deepest,
+                drained,
+                set_aside,
+            }),
         })
     }
 
