@@ -13,6 +13,10 @@
 -- is not registered yet changes nothing when applied. So registrations, which
 -- leave queued events to the applier (lock_message_keys_find_events), need
 -- not look here: message ids are unique, so its message is registered already.
+--
+-- A replica still running the build of migration 12 reads the columns this
+-- drops: its applier fails and retries, and its metrics stop, harmlessly,
+-- until it is upgraded too; the replicas already upgraded apply the queue.
 CREATE TABLE rbm_inbox_set_aside (
     -- Its place in the queue, kept so that it can go back in order.
     id          bigint      PRIMARY KEY,
