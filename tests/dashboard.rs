@@ -12,14 +12,6 @@ fn plain() -> reqwest::Client {
     reqwest::Client::builder().no_proxy().build().unwrap()
 }
 
-async fn dashboard(h: &Harness) -> String {
-    let r = h.api.get(h.url("/dashboard")).send().await.unwrap();
-    assert_eq!(r.status(), 200);
-    let ct = r.headers()["content-type"].to_str().unwrap().to_owned();
-    assert!(ct.starts_with("text/html"), "{ct}");
-    r.text().await.unwrap()
-}
-
 /// The cells of the counts table's row for `state`: rcs, sms, both, none, total.
 fn row(page: &str, state: &str) -> String {
     let start = page
@@ -65,7 +57,7 @@ async fn dashboard_shows_outcomes_lateness_duplicates_and_stuck_messages() {
     h.google_reports("DELIVERED", both_phone, &both).await;
     h.wait_outcome(&both, "both").await;
 
-    let page = dashboard(&h).await;
+    let page = h.dashboard().await;
     assert_eq!(
         row(&page, "sms_delivered"),
         "<tr><td>sms_delivered</td><td>0</td><td>1</td><td>1</td><td>0</td><td><b>2</b></td>"
@@ -94,7 +86,7 @@ async fn dashboard_shows_outcomes_lateness_duplicates_and_stuck_messages() {
     let stuck = h.send_and_register(phone, 50).await;
     let give_up = tokio::time::Instant::now() + Duration::from_secs(15);
     let page = loop {
-        let page = dashboard(&h).await;
+        let page = h.dashboard().await;
         // The count and the list are read one after the other.
         if page.contains(&stuck) && page.contains("<b>1</b><span>stuck</span>") {
             break page;

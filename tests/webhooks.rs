@@ -239,19 +239,22 @@ async fn a_queued_event_whose_record_is_gone_leaves_the_queue() {
 /// cause is mended, it applies.
 #[tokio::test]
 async fn an_event_that_cannot_be_applied_is_set_aside_and_the_queue_goes_on() {
-    set_aside_and_queued_again("BEFORE INSERT ON message_events").await;
+    set_aside_and_queued_again("CREATE TRIGGER refuse BEFORE INSERT ON message_events").await;
 }
 
 /// The same, refused by a check deferred to the commit: the statements
 /// succeed, and the commit fails.
 #[tokio::test]
 async fn an_event_refused_at_commit_is_set_aside_too() {
-    set_aside_and_queued_again("AFTER INSERT ON message_events DEFERRABLE INITIALLY DEFERRED")
-        .await;
+    set_aside_and_queued_again(
+        "CREATE CONSTRAINT TRIGGER refuse AFTER INSERT ON message_events
+             DEFERRABLE INITIALLY DEFERRED",
+    )
+    .await;
 }
 
-/// `trigger`: when, and on what, the refusing trigger fires.
-async fn set_aside_and_queued_again(trigger: &str) {
+/// `create_trigger`: the refusing trigger, up to its `FOR EACH ROW`.
+async fn set_aside_and_queued_again(create_trigger: &str) {
     let h = start().await;
     let (refused_phone, phone) = ("+14155550301", "+14155550302");
     let refused = h.send_and_register(refused_phone, TEN_MINUTES_MS).await;
@@ -267,25 +270,19 @@ async fn set_aside_and_queued_again(trigger: &str) {
     sqlx::raw_sql(&format!(
         "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$
          BEGIN RAISE EXCEPTION 'history refused by a trigger'; END $$;
-         CREATE {constraint}TRIGGER refuse {trigger} FOR EACH ROW
-             WHEN (NEW.message_id = {row}) EXECUTE FUNCTION refuse();",
-        constraint = if trigger.contains("DEFERRED") {
-            "CONSTRAINT "
-        } else {
-            ""
-        }
+         {create_trigger} FOR EACH ROW
+             WHEN (NEW.message_id = {row}) EXECUTE FUNCTION refuse();"
     ))
     .execute(&mut conn)
     .await
     .unwrap();
-    // Queued in this order, most likely taken in one batch.
+    // Queued in this order (each is queued before its 200), most likely
+    // taken in one batch: the applier gathers events for a few milliseconds.
     let first = google_event(&h, "DELIVERED", refused_phone, &refused);
     let second = google_event(&h, "DELIVERED", phone, &fine);
-    let (a, b) = tokio::join!(
-        h.s.google.post_event(&first),
-        h.s.google.post_event(&second)
-    );
-    assert_eq!((a.unwrap(), b.unwrap()), (200, 200));
+    for event in [&first, &second] {
+        assert_eq!(h.s.google.post_event(event).await.unwrap(), 200);
+    }
     h.applied().await;
 
     assert_eq!(h.get(&fine).await["state"], "delivered");
@@ -297,14 +294,7 @@ async fn set_aside_and_queued_again(trigger: &str) {
             .unwrap();
     assert_eq!(key, first["eventId"].as_str().unwrap());
     assert!(error.contains("history refused by a trigger"), "{error}");
-    let metrics = client()
-        .get(h.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = h.metrics().await;
     assert!(
         metrics.contains("\nrbmf_google_events_set_aside 1\n"),
         "{metrics}"
@@ -323,6 +313,34 @@ async fn set_aside_and_queued_again(trigger: &str) {
     .unwrap();
     let m = h.wait_state(&refused, "delivered").await;
     assert_eq!(kinds(&m), ["registered", "rcs_delivered"]);
+}
+
+/// An event acknowledged and not applied yet counts as waiting, on the
+/// metrics and on the dashboard, until it is applied.
+#[tokio::test]
+async fn an_event_not_applied_yet_counts_as_waiting() {
+    let h = start().await;
+    let phone = "+14155550303";
+    let id = h.send_and_register(phone, TEN_MINUTES_MS).await;
+    // The applier takes the event from the queue, then waits for the key.
+    let held = holding_message_key(&h, &id).await;
+    let event = google_event(&h, "DELIVERED", phone, &id);
+    assert_eq!(h.s.google.post_event(&event).await.unwrap(), 200);
+    until_a_message_key_lock_is_awaited(&h).await;
+
+    let metrics = h.metrics().await;
+    assert!(
+        metrics.contains("\nrbmf_google_events_waiting 1\n")
+            && metrics.contains("\nrbmf_google_events_set_aside 0\n"),
+        "{metrics}"
+    );
+    let tile = |n: u32| format!("<b>{n}</b><span>Google events to apply</span>");
+    assert!(h.dashboard().await.contains(&tile(1)));
+
+    held.rollback().await.unwrap();
+    h.applied().await;
+    assert!(h.dashboard().await.contains(&tile(0)));
+    assert_eq!(h.get(&id).await["state"], "delivered");
 }
 
 /// A registration and Google's report on the same message, at the same

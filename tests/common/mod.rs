@@ -165,6 +165,22 @@ impl Harness {
             .unwrap()
     }
 
+    /// The dashboard page, as the API token sees it.
+    pub async fn dashboard(&self) -> String {
+        let r = self.api.get(self.url("/dashboard")).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        let ct = r.headers()["content-type"].to_str().unwrap().to_owned();
+        assert!(ct.starts_with("text/html"), "{ct}");
+        r.text().await.unwrap()
+    }
+
+    /// A scrape of `/metrics`.
+    pub async fn metrics(&self) -> String {
+        let r = self.api.get(self.url("/metrics")).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        r.text().await.unwrap()
+    }
+
     pub async fn get(&self, id: &str) -> Value {
         let r = self
             .api
