@@ -357,12 +357,7 @@ impl Bench {
                             say(&format!("pgbench paced at {paced:.0}/s ..."));
                             match pgbench(Some(paced)).await {
                                 Ok(p) => {
-                                    say(&format!(
-                                        "  p50 {}, p99 {}, max {}",
-                                        quantile_ms(&p.latencies, 0.5),
-                                        quantile_ms(&p.latencies, 0.99),
-                                        quantile_ms(&p.latencies, 1.0),
-                                    ));
+                                    say(&format!("  {}", report::spread(&p.latencies)));
                                     r.pgbench_paced = Some((paced, p));
                                 }
                                 Err(e) => r.error("pgbench paced", e),
@@ -535,11 +530,6 @@ impl Bench {
         }
         Ok(())
     }
-}
-
-/// The q-quantile of `sorted`, in milliseconds.
-fn quantile_ms(sorted: &[Duration], q: f64) -> String {
-    load::quantile(sorted, q).map_or("-".into(), report::ms)
 }
 
 fn say(line: &str) {

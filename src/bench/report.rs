@@ -75,6 +75,17 @@ pub fn ms(d: Duration) -> String {
     }
 }
 
+/// The q-quantile of `sorted`, in milliseconds.
+pub fn quantile_ms(sorted: &[Duration], q: f64) -> String {
+    super::load::quantile(sorted, q).map_or("-".into(), ms)
+}
+
+/// "p50 …, p99 …, max …" of `sorted`.
+pub fn spread(sorted: &[Duration]) -> String {
+    let q = |q| quantile_ms(sorted, q);
+    format!("p50 {}, p99 {}, max {}", q(0.5), q(0.99), q(1.0))
+}
+
 fn ms_f(d: Option<Duration>) -> f64 {
     d.map_or(f64::NAN, |d| d.as_secs_f64() * 1000.0)
 }
@@ -103,13 +114,11 @@ pub fn thousands(x: f64) -> String {
 
 pub fn endpoint_line(e: &Endpoint) -> String {
     let mut s = format!(
-        "  {}/s at full load ({} errors); at {}/s: p50 {}, p99 {}, max {} ({} errors{})",
+        "  {}/s at full load ({} errors); at {}/s: {} ({} errors{})",
         thousands(e.max.per_sec()),
         e.max.errors,
         thousands(e.half_rate),
-        e.half.quantile(0.5).map_or("-".into(), ms),
-        e.half.quantile(0.99).map_or("-".into(), ms),
-        e.half.quantile(1.0).map_or("-".into(), ms),
+        spread(&e.half.latencies),
         e.half.errors,
         if e.half.shed > 0 {
             format!(", {} shed", e.half.shed)
@@ -128,12 +137,10 @@ pub fn endpoint_line(e: &Endpoint) -> String {
 
 pub fn lateness_line(l: &Lateness) -> String {
     format!(
-        "  {} of {} revoked; lateness p50 {}, p99 {}, max {}{}",
+        "  {} of {} revoked; lateness {}{}",
         l.revoked,
         l.expected,
-        l.q(0.5).map_or("-".into(), ms),
-        l.q(0.99).map_or("-".into(), ms),
-        l.q(1.0).map_or("-".into(), ms),
+        spread(&l.lateness),
         if l.not_registered > 0 {
             format!(" ({} not registered)", l.not_registered)
         } else {
@@ -377,7 +384,7 @@ impl Results {
             });
         }
         if let Some((rate, p)) = &self.pgbench_paced {
-            let q = |q| super::load::quantile(&p.latencies, q).map_or("-".into(), ms);
+            let q = |q| quantile_ms(&p.latencies, q);
             rows.push(Row {
                 figure: format!("pgbench p99 paced at {}/s", thousands(*rate)),
                 measured: format!("{} (p50 {}, max {})", q(0.99), q(0.5), q(1.0)),
