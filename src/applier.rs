@@ -65,8 +65,9 @@ async fn drain(store: &Store, policy: &Policy, shutdown: &CancellationToken) {
     }
 }
 
-/// Applies up to `n` events from the head of the queue one by one; answers
-/// whether the queue may hold more.
+/// Applies events from the head of the queue one by one, up to `n` or until
+/// one is set aside: the events behind it go back to batches, and a batch
+/// that fails again comes back here. Answers whether the queue may hold more.
 async fn one_at_a_time(store: &Store, policy: &Policy, n: i64) -> bool {
     for _ in 0..n {
         match store.apply_head(policy).await {
@@ -76,13 +77,16 @@ async fn one_at_a_time(store: &Store, policy: &Policy, n: i64) -> bool {
                 agent_id,
                 event_key,
                 error,
-            })) => error!(
-                agent_id,
-                event_key,
-                error = %error,
-                "a Google event cannot be applied and was set aside; its message will not \
-                 take it until it is queued again (docs/operations.md, \"Google events set aside\")"
-            ),
+            })) => {
+                error!(
+                    agent_id,
+                    event_key,
+                    error = %error,
+                    "a Google event cannot be applied and was set aside; its message will not \
+                     take it until it is queued again (docs/operations.md, \"Google events set aside\")"
+                );
+                return true;
+            }
             Err(e) => {
                 will_retry(&e);
                 return false;
