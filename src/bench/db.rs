@@ -149,7 +149,8 @@ pub async fn checkpoint(pool: &PgPool) {
 }
 
 /// A task sampling how many rows `table` (a queue with an identity `id`,
-/// taken from its head) holds, every `every`.
+/// taken from its head) holds, every `every`: at most its id span (see
+/// [`queue_span`]).
 pub struct QueueDepth {
     stop: tokio::sync::oneshot::Sender<()>,
     task: tokio::task::JoinHandle<i64>,
@@ -188,11 +189,14 @@ pub async fn queue_len(pool: &PgPool, table: &str) -> sqlx::Result<i64> {
         .await
 }
 
-/// The ids a queue spans, head to tail: its depth, but for ids skipped by a
-/// rolled-back insert. Read from the two ends of its primary key, where
-/// `count(*)` would visit every row the queue held since its last vacuum:
-/// sampled every few milliseconds, that cost PostgreSQL as much CPU as the
-/// applier it measured, and slowed it.
+/// The ids a queue spans, head to tail: 0 only when it is empty, otherwise
+/// an upper bound of its depth (ids of inserts not committed yet, or rolled
+/// back, count too). Read from the two ends of its primary key. `count(*)`
+/// visited every row the queue had held since its last vacuum on every
+/// sample: every few milliseconds, that cost PostgreSQL as much CPU as the
+/// applier it measured, and slowed it. The index walk passes over the rows
+/// taken too, but once an index scan has found them dead it skips them
+/// without reading the table.
 async fn queue_span(pool: &PgPool, table: &str) -> sqlx::Result<i64> {
     sqlx::query_scalar(&format!(
         "SELECT coalesce(max(id) - min(id) + 1, 0) FROM {table}"
@@ -201,8 +205,10 @@ async fn queue_span(pool: &PgPool, table: &str) -> sqlx::Result<i64> {
     .await
 }
 
-/// Waits, polling every millisecond, until the queue `table` is empty; when
-/// it was first seen so, or `None` if it was not within `patience`.
+/// Waits, polling every 5 ms, until the queue `table` is empty; when it was
+/// first seen so, or `None` if it was not within `patience`. Each poll walks
+/// the dead end of the queue's key (see [`queue_span`]), so polling more
+/// often would weigh on the applier being waited for.
 pub async fn wait_empty(
     pool: &PgPool,
     table: &str,
@@ -213,7 +219,7 @@ pub async fn wait_empty(
         if queue_span(pool, table).await? == 0 {
             return Ok(Some(tokio::time::Instant::now()));
         }
-        tokio::time::sleep(Duration::from_millis(1)).await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
     Ok(None)
 }
