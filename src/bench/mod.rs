@@ -528,6 +528,43 @@ impl Bench {
                 Err(e) => r.error(name, e),
             }
         }
+        self.pgbench_again(r).await
+    }
+
+    /// pgbench flat out once more, after the scenarios: how far the machine
+    /// itself drifted during the run, which moves every ratio with it.
+    async fn pgbench_again(&mut self, r: &mut Results) -> anyhow::Result<()> {
+        let ran_others = SCENARIOS
+            .iter()
+            .any(|s| *s != "pgbench" && self.plan.has(s));
+        let (Some(exe), true, true) = (db::find_pgbench(), r.pgbench.is_some(), ran_others) else {
+            return Ok(());
+        };
+        say("pgbench again, at the end ...");
+        let secs = self.plan.duration.as_secs().max(4);
+        match db::pgbench(
+            &exe,
+            &self.pool,
+            &self.rig.database_url,
+            self.rig.dir(),
+            self.plan.concurrency,
+            secs,
+            None,
+        )
+        .await
+        {
+            Ok(p) => {
+                say(&format!(
+                    "  {:.0} single-row INSERT transactions/s at {} clients",
+                    p.tps, self.plan.concurrency
+                ));
+                r.pgbench_end = Some(p);
+            }
+            Err(e) => r.error("pgbench at the end", e),
+        }
+        sqlx::query("DROP TABLE IF EXISTS bench_pgbench")
+            .execute(&self.pool)
+            .await?;
         Ok(())
     }
 }

@@ -17,6 +17,8 @@ pub struct Results {
     pub pgbench: Option<PgbenchResult>,
     /// pgbench paced at this rate, with its latencies.
     pub pgbench_paced: Option<(f64, PgbenchResult)>,
+    /// pgbench flat out again, after the scenarios.
+    pub pgbench_end: Option<PgbenchResult>,
     pub pgbench_missing: Option<String>,
     pub intake_small: Option<Endpoint>,
     pub intake_large: Option<Endpoint>,
@@ -390,6 +392,18 @@ impl Results {
                 measured: format!("{} (p50 {}, max {})", q(0.99), q(0.5), q(1.0)),
                 target: "baseline".into(),
                 vs_pgbench: "1.0".into(),
+                result: "-",
+                cpu: "-".into(),
+            });
+        }
+        if let (Some(end), Some(first)) = (&self.pgbench_end, &self.pgbench) {
+            // Not a baseline: the ratios stay to the first run. How far
+            // the machine drifted under the figures between the two.
+            rows.push(Row {
+                figure: "pgbench single-row INSERT, again at the end".into(),
+                measured: format!("{}/s", thousands(end.tps)),
+                target: "-".into(),
+                vs_pgbench: format!("{:.2}", end.tps / first.tps),
                 result: "-",
                 cpu: "-".into(),
             });
