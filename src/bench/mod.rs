@@ -320,18 +320,8 @@ impl Bench {
                     // Measured while pgbench's connections are all open:
                     // their CPU time cannot be told from others' once they
                     // have exited.
-                    let secs = self.plan.duration.as_secs().max(4);
-                    let pgbench = |rate| {
-                        db::pgbench(
-                            &exe,
-                            &self.pool,
-                            &self.rig.database_url,
-                            self.rig.dir(),
-                            self.plan.concurrency,
-                            secs,
-                            rate,
-                        )
-                    };
+                    let secs = self.pgbench_secs();
+                    let pgbench = |rate| self.pgbench(&exe, rate);
                     let run = pgbench(None);
                     let probe = async {
                         tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -531,6 +521,28 @@ impl Bench {
         self.pgbench_again(r).await
     }
 
+    fn pgbench_secs(&self) -> u64 {
+        self.plan.duration.as_secs().max(4)
+    }
+
+    /// pgbench at the run's concurrency, flat out or paced at `rate`.
+    async fn pgbench(
+        &self,
+        exe: &std::path::Path,
+        rate: Option<f64>,
+    ) -> anyhow::Result<db::PgbenchResult> {
+        db::pgbench(
+            exe,
+            &self.pool,
+            &self.rig.database_url,
+            self.rig.dir(),
+            self.plan.concurrency,
+            self.pgbench_secs(),
+            rate,
+        )
+        .await
+    }
+
     /// pgbench flat out once more, after the scenarios: how far the machine
     /// itself drifted during the run, which moves every ratio with it.
     async fn pgbench_again(&mut self, r: &mut Results) -> anyhow::Result<()> {
@@ -541,18 +553,7 @@ impl Bench {
             return Ok(());
         };
         say("pgbench again, at the end ...");
-        let secs = self.plan.duration.as_secs().max(4);
-        match db::pgbench(
-            &exe,
-            &self.pool,
-            &self.rig.database_url,
-            self.rig.dir(),
-            self.plan.concurrency,
-            secs,
-            None,
-        )
-        .await
-        {
+        match self.pgbench(&exe, None).await {
             Ok(p) => {
                 say(&format!(
                     "  {:.0} single-row INSERT transactions/s at {} clients",
