@@ -545,7 +545,7 @@ impl Bench {
 
     /// pgbench flat out once more, after the scenarios: how far the machine
     /// itself drifted during the run, which moves every ratio with it.
-    async fn pgbench_again(&mut self, r: &mut Results) -> anyhow::Result<()> {
+    async fn pgbench_again(&self, r: &mut Results) -> anyhow::Result<()> {
         let ran_others = SCENARIOS
             .iter()
             .any(|s| *s != "pgbench" && self.plan.has(s));
