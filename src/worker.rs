@@ -12,6 +12,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use chrono::{DateTime, SecondsFormat, Utc};
 use rand::Rng;
 use sqlx::postgres::PgListener;
 use tokio::sync::{Notify, Semaphore};
@@ -279,12 +280,14 @@ impl Worker {
     /// Waits for a rate-limit slot, unless it is so far off that holding the
     /// claim meanwhile would risk its lease: then the work goes back to the
     /// queue, due when the slot frees up.
-    async fn throttle(&self, key: String, rate: u32) -> Result<(), Duration> {
+    /// Answers when the call leaves, for its history: what an operator (and
+    /// the bench) can hold against the limit, free of the network's jitter.
+    async fn throttle(&self, key: String, rate: u32) -> Result<DateTime<Utc>, Duration> {
         let wait = self.limits.reserve(key, rate, self.settings.lease / 2)?;
         if !wait.is_zero() {
             tokio::time::sleep(wait).await;
         }
-        Ok(())
+        Ok(Utc::now())
     }
 
     fn retry_delay(&self, attempt: u32, retry_after: Option<Duration>) -> Duration {
@@ -299,15 +302,16 @@ impl Worker {
         let m = &claim.message;
         let key = format!("rbm:{}", m.agent_id);
         let rate = self.limits.rates_of(&m.agent_id).0;
-        if let Err(free_in) = self.throttle(key, rate).await {
-            return Retry::rate_limited(free_in)
-                .no_later_than(m.deadline)
-                .rcs_send();
-        }
+        let sent_at = match self.throttle(key, rate).await {
+            Ok(at) => at,
+            Err(free_in) => {
+                return Retry::rate_limited(free_in)
+                    .no_later_than(m.deadline)
+                    .rcs_send()
+            }
+        };
         // After the rate limit's wait, which may have used up the time left.
-        let left = (m.deadline - chrono::Utc::now())
-            .to_std()
-            .unwrap_or_default();
+        let left = (m.deadline - sent_at).to_std().unwrap_or_default();
         if left < MIN_RCS_TTL {
             self.metrics.rcs_send("expired");
             return (
@@ -317,9 +321,7 @@ impl Worker {
         }
         let mut body = m.rcs.clone().unwrap_or_default();
         let expire = m.deadline + chrono::TimeDelta::from_std(RCS_TTL_MARGIN).unwrap_or_default();
-        body["expireTime"] = expire
-            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
-            .into();
+        body["expireTime"] = expire.to_rfc3339_opts(SecondsFormat::Millis, true).into();
         let answer = self
             .rbm
             .send(&m.agent_id, &m.phone, &m.message_id, &body)
@@ -355,7 +357,7 @@ impl Worker {
         };
         self.metrics.rcs_send(result);
         info!(phone = %mask(&m.phone), attempt, answer = result, "RBM send answered");
-        (input, detail)
+        (input, stamped(detail, sent_at))
     }
 
     async fn revoke(
@@ -372,9 +374,10 @@ impl Worker {
         }
         let key = format!("rbm:{}", m.agent_id);
         let rate = self.limits.rates_of(&m.agent_id).0;
-        if let Err(free_in) = self.throttle(key, rate).await {
-            return Retry::rate_limited(free_in).revoke();
-        }
+        let sent_at = match self.throttle(key, rate).await {
+            Ok(at) => at,
+            Err(free_in) => return Retry::rate_limited(free_in).revoke(),
+        };
         let result = self.rbm.revoke(&m.agent_id, &m.phone, &m.message_id).await;
         self.metrics.revocation(&result, m.deadline);
         let (input, detail) = match result {
@@ -408,7 +411,7 @@ impl Worker {
             _ => "rejected",
         };
         info!(phone = %mask(&m.phone), attempt, answer, "revoke answered");
-        (input, detail)
+        (input, stamped(detail, sent_at))
     }
 
     async fn send_sms(
@@ -451,22 +454,23 @@ impl Worker {
             url_encode(&m.message_id)
         );
         let sender = m.sms_from.as_deref().unwrap_or("default");
-        if let Err(free_in) = self
+        let sent_at = match self
             .throttle(
                 format!("twilio:{sender}"),
                 self.limits.rates_of(&m.agent_id).1,
             )
             .await
         {
-            return Retry::rate_limited(free_in).sms();
-        }
+            Ok(at) => at,
+            Err(free_in) => return Retry::rate_limited(free_in).sms(),
+        };
         let sent = self
             .twilio
             .send(&m.phone, &m.sms_body, m.sms_from.as_deref(), &callback)
             .await;
         self.metrics.sms(&sent);
         info!(phone = %mask(&m.phone), attempt, ok = sent.is_ok(), "SMS send answered");
-        match sent {
+        let (input, detail) = match sent {
             Ok(rec) => accepted(rec.sid, &rec.status, false),
             Err(e) => match self.failure(e, attempt) {
                 Failure::Retry(r) => r.sms(),
@@ -482,7 +486,8 @@ impl Worker {
                     serde_json::json!({ "status": status, "code": code, "error": detail }),
                 ),
             },
-        }
+        };
+        (input, stamped(detail, sent_at))
     }
 
     /// What a failed call means for its message: a retry, after back-off,
@@ -544,8 +549,8 @@ impl Retry {
     /// A send due after the deadline is pointless (the next claim gives it
     /// up there and then): the retry comes at the deadline at the latest,
     /// so the SMS is not held back by a long back-off or Retry-After.
-    fn no_later_than(self, deadline: chrono::DateTime<chrono::Utc>) -> Retry {
-        let left = (deadline - chrono::Utc::now()).to_std().unwrap_or_default();
+    fn no_later_than(self, deadline: DateTime<Utc>) -> Retry {
+        let left = (deadline - Utc::now()).to_std().unwrap_or_default();
         Retry {
             delay: self.delay.min(left),
             ..self
@@ -595,6 +600,17 @@ impl Retry {
             })
         })
     }
+}
+
+/// The history entry of a call's answer, with when the call left.
+fn stamped(mut detail: serde_json::Value, sent_at: DateTime<Utc>) -> serde_json::Value {
+    if let Some(fields) = detail.as_object_mut() {
+        fields.insert(
+            "sent_at".to_owned(),
+            sent_at.to_rfc3339_opts(SecondsFormat::Micros, true).into(),
+        );
+    }
+    detail
 }
 
 fn accepted(sid: String, status: &str, reconciled: bool) -> (Input, serde_json::Value) {

@@ -234,6 +234,25 @@ pub async fn states_after(pool: &PgPool, after: i64) -> anyhow::Result<Vec<(Stri
     .await?)
 }
 
+/// When the service's outbound calls for messages with row id above `after`
+/// left it, by their history (`sent_at`): the calls to Google (revokes, RBM
+/// sends), then those to Twilio.
+pub async fn departures(
+    pool: &PgPool,
+    after: i64,
+) -> anyhow::Result<(Vec<DateTime<Utc>>, Vec<DateTime<Utc>>)> {
+    let rows: Vec<(bool, DateTime<Utc>)> = sqlx::query_as(
+        "SELECT kind NOT LIKE 'sms%', (detail->>'sent_at')::timestamptz
+         FROM message_events WHERE message_id > $1 AND detail ? 'sent_at'",
+    )
+    .bind(after)
+    .fetch_all(pool)
+    .await?;
+    let (google, twilio): (Vec<_>, Vec<_>) = rows.into_iter().partition(|(g, _)| *g);
+    let times = |v: Vec<(bool, DateTime<Utc>)>| v.into_iter().map(|(_, t)| t).collect();
+    Ok((times(google), times(twilio)))
+}
+
 /// (count, first, last) time of the history events of `kind` of messages
 /// with row id above `after`.
 pub async fn event_span(

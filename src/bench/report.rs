@@ -170,20 +170,26 @@ pub fn burst_line(b: &Burst) -> String {
     ));
     if let Some(l) = &b.limits {
         s.push_str(&format!(
-            "\n  limit {}/s: DELETEs mean {:.0}/s, most in 1 s {}, bucket excess {:.0}; \
-             SMS mean {:.0}/s, most in a calendar second {}, bucket excess {:.0}: {}",
+            "\n  limit {}/s, calls as they left the service: DELETEs mean {:.0}/s, most in 1 s {}, \
+             bucket excess {:.0}; SMS mean {:.0}/s, most in 1 s {}, bucket excess {:.0}: {}\
+             \n  as the emulators received them: DELETEs most in 1 s {}, bucket excess {:.0}; \
+             SMS most in a calendar second {}, bucket excess {:.0}",
             l.rate,
-            l.google.mean,
-            l.google.max_1s,
-            l.google.excess,
-            l.twilio.mean,
-            l.twilio.max_1s,
-            l.twilio.excess,
+            l.left.google.mean,
+            l.left.google.max_1s,
+            l.left.google.excess,
+            l.left.twilio.mean,
+            l.left.twilio.max_1s,
+            l.left.twilio.excess,
             match (l.honoured(), l.binding()) {
                 (true, true) => "honoured",
                 (true, false) => "honoured, but the limit did not bind (the pipeline was slower)",
                 (false, _) => "NOT honoured",
-            }
+            },
+            l.arrived.google.max_1s,
+            l.arrived.google.excess,
+            l.arrived.twilio.max_1s,
+            l.arrived.twilio.excess,
         ));
     }
     for n in &b.notes {
@@ -492,11 +498,13 @@ impl Results {
                 rows.push(Row {
                     figure: "rate limits honoured under burst".into(),
                     measured: format!(
-                        "DELETE mean {:.0}/s, max {} in 1 s; SMS mean {:.0}/s, max {} in 1 s; {} sent{}",
-                        l.google.mean,
-                        l.google.max_1s,
-                        l.twilio.mean,
-                        l.twilio.max_1s,
+                        "as they left: DELETE mean {:.0}/s, max {} in 1 s ({} as received); \
+                         SMS mean {:.0}/s, max {} in 1 s; {} sent{}",
+                        l.left.google.mean,
+                        l.left.google.max_1s,
+                        l.arrived.google.max_1s,
+                        l.left.twilio.mean,
+                        l.left.twilio.max_1s,
                         if complete { "all" } else { "NOT all" },
                         if l.binding() {
                             ""
