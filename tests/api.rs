@@ -22,12 +22,6 @@ fn in_minutes(m: i64) -> String {
     rfc3339(chrono::Utc::now() + chrono::TimeDelta::minutes(m))
 }
 
-fn time(v: &Value) -> chrono::DateTime<chrono::Utc> {
-    chrono::DateTime::parse_from_rfc3339(v.as_str().unwrap_or_else(|| panic!("not a time: {v}")))
-        .unwrap_or_else(|e| panic!("not an RFC 3339 time ({e}): {v}"))
-        .with_timezone(&chrono::Utc)
-}
-
 /// A valid registration due in ten minutes: the scheduler leaves it alone
 /// for the whole test.
 fn valid(phone: &str, id: &str) -> Value {

@@ -82,15 +82,7 @@ async fn offline_phone_is_revoked_at_the_deadline_then_sent_as_sms() {
     );
     assert_eq!(k.last().unwrap(), "sms_status");
     // The SMS waited out the confirm window after the revoke.
-    let at = |kind: &str| -> chrono::DateTime<chrono::Utc> {
-        let e = m["events"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|e| e["kind"] == kind)
-            .unwrap();
-        e["at"].as_str().unwrap().parse().unwrap()
-    };
+    let at = |kind: &str| time(&event(&m, kind)["at"]);
     assert!(at("sms_attempt") - at("revoke_ok") >= chrono::TimeDelta::milliseconds(400));
     assert_eq!(h.sms_to(phone).await, 1);
     // One token served every call.
@@ -493,10 +485,6 @@ async fn a_claim_passes_over_a_message_another_writer_holds() {
 fn a_second_of_claim_lead(c: &mut rbm_fallback::sandbox::SandboxConfig) {
     c.env
         .push(("RBMF__WORKER__CLAIM_LEAD_MS".into(), "1000".into()));
-}
-
-fn time(v: &serde_json::Value) -> chrono::DateTime<chrono::Utc> {
-    v.as_str().unwrap().parse().unwrap()
 }
 
 /// A pending message is claimed `worker.claim_lead_ms` before its deadline,

@@ -50,15 +50,9 @@ async fn a_burst_of_due_messages_is_revoked_and_sent_within_the_configured_rates
     let (mut revokes, mut sms) = (Vec::new(), Vec::new());
     for (id, _) in &ids {
         let m = h.get(id).await;
-        let left = |kind: &str| -> chrono::DateTime<chrono::Utc> {
-            let e = m["events"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .find(|e| e["kind"] == kind)
-                .unwrap();
-            let at: chrono::DateTime<chrono::Utc> = e["at"].as_str().unwrap().parse().unwrap();
-            let left = e["detail"]["sent_at"].as_str().unwrap().parse().unwrap();
+        let left = |kind: &str| {
+            let e = event(&m, kind);
+            let (at, left) = (time(&e["at"]), time(&e["detail"]["sent_at"]));
             assert!(
                 left <= at,
                 "{kind} recorded at {at}, before its call left at {left}"

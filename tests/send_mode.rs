@@ -43,15 +43,6 @@ async fn create(h: &Harness, body: &Value) -> Value {
     v
 }
 
-fn event<'a>(m: &'a Value, kind: &str) -> &'a Value {
-    m["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|e| e["kind"] == kind)
-        .unwrap_or_else(|| panic!("no {kind} event in {m:#}"))
-}
-
 #[tokio::test]
 async fn sends_the_rbm_message_with_its_ttl_at_the_deadline() {
     let h = start().await;

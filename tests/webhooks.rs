@@ -25,12 +25,6 @@ fn client() -> reqwest::Client {
         .unwrap()
 }
 
-fn time(v: &Value) -> chrono::DateTime<chrono::Utc> {
-    chrono::DateTime::parse_from_rfc3339(v.as_str().unwrap_or_else(|| panic!("not a time: {v}")))
-        .unwrap()
-        .with_timezone(&chrono::Utc)
-}
-
 /// POSTs a raw envelope to the Google webhook, with this X-Goog-Signature.
 async fn post_rbm(h: &Harness, body: &str, signature: Option<&str>) -> (u16, String) {
     let mut req = client()

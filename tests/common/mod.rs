@@ -283,6 +283,23 @@ pub fn message(phone: &str, id: &str, deadline_ms: i64) -> Value {
     })
 }
 
+/// The first history entry of `kind` in a message resource.
+pub fn event<'a>(m: &'a Value, kind: &str) -> &'a Value {
+    m["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["kind"] == kind)
+        .unwrap_or_else(|| panic!("no {kind} event in {m:#}"))
+}
+
+/// A time the API answered, parsed.
+pub fn time(v: &Value) -> chrono::DateTime<chrono::Utc> {
+    chrono::DateTime::parse_from_rfc3339(v.as_str().unwrap_or_else(|| panic!("not a time: {v}")))
+        .unwrap_or_else(|e| panic!("not an RFC 3339 time ({e}): {v}"))
+        .with_timezone(&chrono::Utc)
+}
+
 pub fn kinds(resource: &Value) -> Vec<String> {
     resource["events"]
         .as_array()
