@@ -195,6 +195,12 @@ impl RbmClient {
             .unwrap_or(&self.default)
     }
 
+    /// Obtains the agent's access token ahead of a call, if it is not cached
+    /// already: the call that follows then leaves as soon as it is made.
+    pub async fn ready(&self, agent_id: &str) -> Result<(), CallError> {
+        self.endpoint(agent_id).token().await.map(drop)
+    }
+
     /// `DELETE /v1/phones/{phone}/agentMessages/{id}?agentId={agent}`.
     pub async fn revoke(
         &self,

@@ -188,6 +188,30 @@ async fn failed_calls_are_counted_by_upstream_and_kind() {
     })
     .await;
     assert_eq!(v(&text, "rbmf_token_refreshes_total{result=\"ok\"}"), 1.0);
+
+    // The answers of calls that left say when; the retries for want of a
+    // token made no call, and say nothing of one.
+    let m = h.get(&id).await;
+    let answers: Vec<&Value> = m["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| {
+            e["kind"] != "revoke_attempt" && e["kind"].as_str().unwrap().starts_with("revoke_")
+        })
+        .collect();
+    let (left, no_token): (Vec<&Value>, Vec<&Value>) = answers
+        .into_iter()
+        .partition(|e| e["detail"].get("sent_at").is_some());
+    assert!(!no_token.is_empty() && !left.is_empty(), "{m:#}");
+    for e in no_token {
+        let error = e["detail"]["error"].as_str().unwrap_or_default();
+        assert!(error.contains("access token"), "{e:#}");
+    }
+    for e in left {
+        let error = e["detail"]["error"].as_str().unwrap_or_default();
+        assert!(!error.contains("access token"), "{e:#}");
+    }
 }
 
 #[tokio::test]

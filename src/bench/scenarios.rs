@@ -91,7 +91,8 @@ pub struct Burst {
     pub sms_created: usize,
     pub states: Vec<(String, i64)>,
     pub usage: Usage,
-    /// With rate limits on: what the emulators saw.
+    /// With rate limits on: when the calls left, and when the emulators
+    /// received them.
     pub limits: Option<LimitCheck>,
     pub notes: Vec<String>,
 }
@@ -150,11 +151,16 @@ impl LimitCheck {
 
     /// The calls left within the token bucket's bound, allowing a few for
     /// the timer: a wait for a slot ends on the next millisecond at the
-    /// soonest, a little later on a busy machine.
+    /// soonest, a little later on a busy machine. Every call received must
+    /// have its departure recorded, or there is nothing to judge.
     pub fn honoured(&self) -> bool {
         let rate = f64::from(self.rate);
         let slack = (rate * 0.01).max(3.0);
-        self.left.google.excess <= rate + slack && self.left.twilio.excess <= rate + slack
+        let (left, arrived) = (&self.left, &self.arrived);
+        left.google.calls >= arrived.google.calls
+            && left.twilio.calls >= arrived.twilio.calls
+            && left.google.excess <= rate + slack
+            && left.twilio.excess <= rate + slack
     }
 }
 
@@ -772,5 +778,7 @@ mod tests {
         // Calls to Twilio that left too close together fail it.
         let bunched: Vec<DateTime<Utc>> = (0..30).map(|i| t0 + ms(i * 50)).collect();
         assert!(!check_limits(10, (&left, &bunched), (&left, &bunched)).honoured());
+        // So do calls received with no departure on record.
+        assert!(!check_limits(10, (&left, &[]), (&left, &left)).honoured());
     }
 }
