@@ -291,6 +291,19 @@ impl Worker {
         Ok(Utc::now())
     }
 
+    /// The agent's access token, then its rate-limit slot: a call that
+    /// cannot get a token is not made, and spends no slot.
+    async fn google_turn(&self, agent_id: &str) -> GoogleTurn {
+        if let Err(e) = self.rbm.ready(agent_id).await {
+            return GoogleTurn::NoToken(e);
+        }
+        let rate = self.limits.rates_of(agent_id).0;
+        match self.throttle(format!("rbm:{agent_id}"), rate).await {
+            Ok(at) => GoogleTurn::Go(at),
+            Err(free_in) => GoogleTurn::Later(free_in),
+        }
+    }
+
     fn retry_delay(&self, attempt: u32, retry_after: Option<Duration>) -> Duration {
         self.backoff()
             .delay(attempt, retry_after, rand::thread_rng().gen::<f64>())
@@ -304,20 +317,14 @@ impl Worker {
         let mut body = m.rcs.clone().unwrap_or_default();
         let expire = m.deadline + chrono::TimeDelta::from_std(RCS_TTL_MARGIN).unwrap_or_default();
         body["expireTime"] = expire.to_rfc3339_opts(SecondsFormat::Millis, true).into();
-        let (answer, sent_at) = match self.rbm.ready(&m.agent_id).await {
-            // No token, no call: nothing left, and no slot is spent.
-            Err(e) => (Err(e), None),
-            Ok(()) => {
-                let key = format!("rbm:{}", m.agent_id);
-                let rate = self.limits.rates_of(&m.agent_id).0;
-                let sent_at = match self.throttle(key, rate).await {
-                    Ok(at) => at,
-                    Err(free_in) => {
-                        return Retry::rate_limited(free_in)
-                            .no_later_than(m.deadline)
-                            .rcs_send()
-                    }
-                };
+        let (answer, sent_at) = match self.google_turn(&m.agent_id).await {
+            GoogleTurn::Later(free_in) => {
+                return Retry::rate_limited(free_in)
+                    .no_later_than(m.deadline)
+                    .rcs_send()
+            }
+            GoogleTurn::NoToken(e) => (Err(e), None),
+            GoogleTurn::Go(sent_at) => {
                 // After the rate limit's wait, which may have used up the time left.
                 let left = (m.deadline - sent_at).to_std().unwrap_or_default();
                 if left < MIN_RCS_TTL {
@@ -380,19 +387,13 @@ impl Worker {
         if let Some(at) = claim.not_before {
             tokio::time::sleep_until(at).await;
         }
-        let (result, sent_at) = match self.rbm.ready(&m.agent_id).await {
-            // No token, no call: nothing left, and no slot is spent.
-            Err(e) => (Err(e), None),
-            Ok(()) => {
-                let key = format!("rbm:{}", m.agent_id);
-                let rate = self.limits.rates_of(&m.agent_id).0;
-                let sent_at = match self.throttle(key, rate).await {
-                    Ok(at) => at,
-                    Err(free_in) => return Retry::rate_limited(free_in).revoke(),
-                };
-                let result = self.rbm.revoke(&m.agent_id, &m.phone, &m.message_id).await;
-                (result, Some(sent_at))
-            }
+        let (result, sent_at) = match self.google_turn(&m.agent_id).await {
+            GoogleTurn::Later(free_in) => return Retry::rate_limited(free_in).revoke(),
+            GoogleTurn::NoToken(e) => (Err(e), None),
+            GoogleTurn::Go(sent_at) => (
+                self.rbm.revoke(&m.agent_id, &m.phone, &m.message_id).await,
+                Some(sent_at),
+            ),
         };
         self.metrics.revocation(&result, m.deadline);
         let (input, detail) = match result {
@@ -533,6 +534,16 @@ impl Worker {
             }),
         }
     }
+}
+
+/// What stands between a call to Google and its leaving.
+enum GoogleTurn {
+    /// It leaves now, at this instant.
+    Go(DateTime<Utc>),
+    /// No access token: no call.
+    NoToken(CallError),
+    /// The next slot is too far off to hold the claim for; free in this.
+    Later(Duration),
 }
 
 enum Failure {
