@@ -309,58 +309,11 @@ impl Bench {
 
     async fn all(&mut self, r: &mut Results) -> anyhow::Result<()> {
         self.start_service(&[]).await?;
-        if self.plan.has("pgbench") {
-            say("pgbench baseline ...");
-            match db::find_pgbench() {
-                None => {
-                    r.pgbench_missing = Some(db::PGBENCH_MISSING.to_owned());
-                    say(&format!("  skipped: {}", db::PGBENCH_MISSING));
-                }
-                Some(exe) => {
-                    // Measured while pgbench's connections are all open:
-                    // their CPU time cannot be told from others' once they
-                    // have exited.
-                    let secs = self.pgbench_secs();
-                    let pgbench = |rate| self.pgbench(&exe, rate);
-                    let run = pgbench(None);
-                    let probe = async {
-                        tokio::time::sleep(Duration::from_millis(1500)).await;
-                        let s0 = self.probe.sample().await;
-                        tokio::time::sleep(Duration::from_secs(secs) - Duration::from_secs(3))
-                            .await;
-                        (s0, self.probe.sample().await)
-                    };
-                    let (got, (s0, s1)) = tokio::join!(run, probe);
-                    match got {
-                        Ok(p) => {
-                            say(&format!(
-                                "  {:.0} single-row INSERT transactions/s at {} clients \
-                                 ({} in all, {:.1} ms average latency)",
-                                p.tps, self.plan.concurrency, p.transactions, p.latency_ms
-                            ));
-                            r.usage("pgbench", probe::usage(&s0, &s1));
-                            let paced = p.tps * report::PACED_SHARE;
-                            r.pgbench = Some(p);
-                            // PostgreSQL's own latency at the rate where the
-                            // latency targets apply, on this machine now: the
-                            // baseline of the p99 figures.
-                            say(&format!("pgbench paced at {paced:.0}/s ..."));
-                            match pgbench(Some(paced)).await {
-                                Ok(p) => {
-                                    say(&format!("  {}", report::spread(&p.latencies)));
-                                    r.pgbench_paced = Some((paced, p));
-                                }
-                                Err(e) => r.error("pgbench paced", e),
-                            }
-                        }
-                        Err(e) => r.error("pgbench", e),
-                    }
-                    sqlx::query("DROP TABLE IF EXISTS bench_pgbench")
-                        .execute(&self.pool)
-                        .await?;
-                }
-            }
-        }
+        let pgbench = if self.plan.has("pgbench") {
+            self.pgbench_baseline(r).await?
+        } else {
+            None
+        };
 
         let small = self.plan.small_pending;
         let large = self.plan.pending;
@@ -518,20 +471,74 @@ impl Bench {
                 Err(e) => r.error(name, e),
             }
         }
-        self.pgbench_again(r).await
+        match pgbench {
+            Some(exe) => self.pgbench_again(&exe, r).await,
+            None => Ok(()),
+        }
+    }
+
+    /// pgbench flat out, then paced: the baselines of the throughput and p99
+    /// figures. Answers where pgbench is, if it was found.
+    async fn pgbench_baseline(
+        &self,
+        r: &mut Results,
+    ) -> anyhow::Result<Option<std::path::PathBuf>> {
+        say("pgbench baseline ...");
+        let Some(exe) = db::find_pgbench() else {
+            r.pgbench_missing = Some(db::PGBENCH_MISSING.to_owned());
+            say(&format!("  skipped: {}", db::PGBENCH_MISSING));
+            return Ok(None);
+        };
+        // Measured while pgbench's connections are all open: their CPU time
+        // cannot be told from others' once they have exited.
+        let secs = self.pgbench_secs();
+        let probe = async {
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            let s0 = self.probe.sample().await;
+            tokio::time::sleep(Duration::from_secs(secs) - Duration::from_secs(3)).await;
+            (s0, self.probe.sample().await)
+        };
+        let (got, (s0, s1)) = tokio::join!(self.pgbench(&exe, None), probe);
+        match got? {
+            Ok(p) => {
+                say(&format!(
+                    "  {:.0} single-row INSERT transactions/s at {} clients \
+                     ({} in all, {:.1} ms average latency)",
+                    p.tps, self.plan.concurrency, p.transactions, p.latency_ms
+                ));
+                r.usage("pgbench", probe::usage(&s0, &s1));
+                let paced = p.tps * report::PACED_SHARE;
+                r.pgbench = Some(p);
+                // PostgreSQL's own latency at the rate where the latency
+                // targets apply, on this machine now: the baseline of the p99
+                // figures.
+                say(&format!("pgbench paced at {paced:.0}/s ..."));
+                match self.pgbench(&exe, Some(paced)).await? {
+                    Ok(p) => {
+                        say(&format!("  {}", report::spread(&p.latencies)));
+                        r.pgbench_paced = Some((paced, p));
+                    }
+                    Err(e) => r.error("pgbench paced", e),
+                }
+            }
+            Err(e) => r.error("pgbench", e),
+        }
+        Ok(Some(exe))
     }
 
     fn pgbench_secs(&self) -> u64 {
         self.plan.duration.as_secs().max(4)
     }
 
-    /// pgbench at the run's concurrency, flat out or paced at `rate`.
+    /// pgbench at the run's concurrency, flat out or paced at `rate`, into a
+    /// table of its own that is dropped afterwards, so that each run starts
+    /// alike and the scenarios never see it. The outer error is the drop's.
     async fn pgbench(
         &self,
         exe: &std::path::Path,
         rate: Option<f64>,
-    ) -> anyhow::Result<db::PgbenchResult> {
-        db::pgbench(
+    ) -> anyhow::Result<anyhow::Result<db::PgbenchResult>> {
+        let run = db::pgbench(
             exe,
             &self.pool,
             &self.rig.database_url,
@@ -540,20 +547,24 @@ impl Bench {
             self.pgbench_secs(),
             rate,
         )
-        .await
+        .await;
+        sqlx::query("DROP TABLE IF EXISTS bench_pgbench")
+            .execute(&self.pool)
+            .await?;
+        Ok(run)
     }
 
     /// pgbench flat out once more, after the scenarios: how far the machine
     /// itself drifted during the run, which moves every ratio with it.
-    async fn pgbench_again(&self, r: &mut Results) -> anyhow::Result<()> {
+    async fn pgbench_again(&self, exe: &std::path::Path, r: &mut Results) -> anyhow::Result<()> {
         let ran_others = SCENARIOS
             .iter()
             .any(|s| *s != "pgbench" && self.plan.has(s));
-        let (Some(exe), true, true) = (db::find_pgbench(), r.pgbench.is_some(), ran_others) else {
+        if r.pgbench.is_none() || !ran_others {
             return Ok(());
-        };
+        }
         say("pgbench again, at the end ...");
-        match self.pgbench(&exe, None).await {
+        match self.pgbench(exe, None).await? {
             Ok(p) => {
                 say(&format!(
                     "  {:.0} single-row INSERT transactions/s at {} clients",
@@ -563,9 +574,6 @@ impl Bench {
             }
             Err(e) => r.error("pgbench at the end", e),
         }
-        sqlx::query("DROP TABLE IF EXISTS bench_pgbench")
-            .execute(&self.pool)
-            .await?;
         Ok(())
     }
 }
