@@ -37,6 +37,11 @@ impl Drop for Two {
 }
 
 async fn start_two() -> Two {
+    start_two_with("").await
+}
+
+/// As [`start_two`], with `extra` lines in agent B's entry.
+async fn start_two_with(extra: &str) -> Two {
     let relay_b = Receiver::start().await;
     let b = GoogleEmulator::start(GoogleEmulatorConfig {
         agent_id: B.into(),
@@ -64,6 +69,7 @@ relay_url = "{relay}/b"
 default_deadline_secs = 1
 sms_from = "{B_FROM}"
 api_tokens = ["{B_API_TOKEN}"]
+{extra}
 "#,
             base = b.base_url(),
             key = key.display(),
@@ -373,4 +379,55 @@ async fn an_early_delivery_applies_to_its_agent_s_message_in_a_mixed_batch() {
     assert_eq!(m["state"], "delivered", "{m:#}");
     assert_eq!(m["outcome"], "rcs");
     assert_eq!(t.h.get(&a_id).await["state"], "pending");
+}
+
+#[tokio::test]
+async fn an_agent_s_own_rate_limit_spaces_its_revokes_and_only_its_own() {
+    // B may make 2 calls a second (with a burst of 2); A, as the deployment,
+    // is not limited.
+    let t = start_two_with("rbm_rate_per_sec = 2").await;
+    let n = 5;
+    let (mut a_ids, mut b_ids) = (Vec::new(), Vec::new());
+    for i in 0..n {
+        a_ids.push(t.h.send_and_register(&format!("+1415555040{i}"), 300).await);
+        let (phone, id) = (format!("+1415555041{i}"), new_id());
+        t.b.agent_send(&phone, &id, None);
+        let r =
+            t.h.post(&json!({ "agent_id": B, "phone": phone, "message_id": id,
+                           "revoke_after_secs": 1, "sms": { "body": "code b" } }))
+                .await;
+        assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+        b_ids.push(id);
+    }
+    let b = revokes_left(&t, b_ids).await;
+    // Call k (from 0) of a bucket of 2 a second with a burst of 2 cannot
+    // leave before (k - 1) / 2 seconds after the first, less 2 ms for the
+    // wall clock against the bucket's monotonic one.
+    for (k, at) in b.iter().enumerate().skip(2) {
+        let earliest = chrono::TimeDelta::milliseconds((k as i64 - 1) * 500 - 2);
+        assert!(
+            *at - b[0] >= earliest,
+            "B's call {k} left {:?} after the first",
+            *at - b[0]
+        );
+    }
+    // A's revokes, due as close together, were not held to B's rate: under
+    // it the fifth could not have left before 1.5 s after the first.
+    let a = revokes_left(&t, a_ids).await;
+    assert!(
+        a[n - 1] - a[0] < chrono::TimeDelta::milliseconds(1500),
+        "{a:?}"
+    );
+}
+
+/// When the revokes of `ids` left, by the history of their answers, once
+/// each message has its SMS; sorted.
+async fn revokes_left(t: &Two, ids: Vec<String>) -> Vec<chrono::DateTime<chrono::Utc>> {
+    let mut times = Vec::new();
+    for id in ids {
+        let m = t.h.wait_outcome(&id, "sms").await;
+        times.push(time(&event(&m, "revoke_ok")["detail"]["sent_at"]));
+    }
+    times.sort();
+    times
 }
