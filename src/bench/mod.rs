@@ -206,6 +206,8 @@ pub struct Bench {
     /// Distinguishes this run's message ids.
     tag: String,
     notes: Vec<String>,
+    /// Where pgbench is, once the baseline has found it.
+    pgbench_exe: Option<PathBuf>,
 }
 
 fn random_hex(bytes: usize) -> String {
@@ -255,6 +257,7 @@ async fn run_on(plan: Plan, url: &str, tag: String) -> anyhow::Result<Results> {
         service: None,
         tag,
         notes: Vec::new(),
+        pgbench_exe: None,
     };
     let mut results = Results::new(&bench).await;
     println!("{}", results.header());
@@ -309,11 +312,9 @@ impl Bench {
 
     async fn all(&mut self, r: &mut Results) -> anyhow::Result<()> {
         self.start_service(&[]).await?;
-        let pgbench = if self.plan.has("pgbench") {
-            self.pgbench_baseline(r).await?
-        } else {
-            None
-        };
+        if self.plan.has("pgbench") {
+            self.pgbench_exe = self.pgbench_baseline(r).await?;
+        }
 
         let small = self.plan.small_pending;
         let large = self.plan.pending;
@@ -471,10 +472,7 @@ impl Bench {
                 Err(e) => r.error(name, e),
             }
         }
-        match pgbench {
-            Some(exe) => self.pgbench_again(&exe, r).await,
-            None => Ok(()),
-        }
+        self.pgbench_again(r).await
     }
 
     /// pgbench flat out, then paced: the baselines of the throughput and p99
@@ -554,12 +552,41 @@ impl Bench {
         Ok(run)
     }
 
+    /// pgbench flat out right before a throughput measurement: what
+    /// PostgreSQL itself did on this machine then, which that figure's ratio
+    /// is taken to. pgbench moved by a third within one run here, so a
+    /// baseline taken minutes earlier judged the figure by the drift.
+    pub(crate) async fn pgbench_beside(
+        &mut self,
+        what: &str,
+    ) -> anyhow::Result<Option<db::PgbenchResult>> {
+        let Some(exe) = self.pgbench_exe.clone() else {
+            return Ok(None);
+        };
+        say(&format!("  pgbench beside {what} ..."));
+        match self.pgbench(&exe, None).await? {
+            Ok(p) => {
+                say(&format!("    {:.0} transactions/s", p.tps));
+                Ok(Some(p))
+            }
+            Err(e) => {
+                self.notes.push(format!(
+                    "pgbench beside {what} failed ({e:#}); that figure is taken to the first"
+                ));
+                Ok(None)
+            }
+        }
+    }
+
     /// pgbench flat out once more, after the scenarios: how far the machine
-    /// itself drifted during the run, which moves every ratio with it.
-    async fn pgbench_again(&self, exe: &std::path::Path, r: &mut Results) -> anyhow::Result<()> {
+    /// itself drifted during the run.
+    async fn pgbench_again(&self, r: &mut Results) -> anyhow::Result<()> {
         let ran_others = SCENARIOS
             .iter()
             .any(|s| *s != "pgbench" && self.plan.has(s));
+        let Some(exe) = &self.pgbench_exe else {
+            return Ok(());
+        };
         if r.pgbench.is_none() || !ran_others {
             return Ok(());
         }

@@ -51,6 +51,17 @@ const BURST_PER_SEC: f64 = 5_000.0;
 const FLAT_CHANGE: f64 = 0.2;
 const RSS_BYTES: u64 = 100_000_000;
 
+/// `per_sec` as a share of `base`'s rate, printed and as a number.
+fn share(per_sec: f64, base: Option<&PgbenchResult>) -> (String, Option<f64>) {
+    match base {
+        Some(p) if p.tps > 0.0 => {
+            let r = per_sec / p.tps;
+            (format!("{r:.2}"), Some(r))
+        }
+        _ => ("-".to_owned(), None),
+    }
+}
+
 struct Row {
     figure: String,
     measured: String,
@@ -291,14 +302,9 @@ impl Results {
         }
     }
 
+    /// `per_sec` as a share of the first pgbench run.
     fn ratio(&self, per_sec: f64) -> (String, Option<f64>) {
-        match &self.pgbench {
-            Some(p) if p.tps > 0.0 => {
-                let r = per_sec / p.tps;
-                (format!("{r:.2}"), Some(r))
-            }
-            _ => ("-".to_owned(), None),
-        }
+        share(per_sec, self.pgbench.as_ref())
     }
 
     /// `p99` against pgbench's own p99, paced (see [`PACED_SHARE`]).
@@ -321,17 +327,31 @@ impl Results {
         } else {
             String::new()
         };
-        let (ratio, r) = self.ratio(e.max.per_sec());
-        let pg = self
-            .pgbench
-            .as_ref()
-            .map_or("50% of pgbench".to_owned(), |p| {
-                format!("≥ {}/s (50% of pgbench)", thousands(p.tps * INTAKE_RATIO))
-            });
+        // Judged against pgbench run right before it where there is one,
+        // else against the first run; the share of the first is shown too.
+        let (base, beside) = match &e.beside {
+            Some(p) => (Some(p), " beside it"),
+            None => (self.pgbench.as_ref(), ""),
+        };
+        let per_sec = e.max.per_sec();
+        let (mut ratio, r) = share(per_sec, base);
+        if let (Some(_), (first, Some(_))) = (&e.beside, self.ratio(per_sec)) {
+            ratio.push_str(&format!(" ({first} of the first)"));
+        }
+        let mut measured = format!("{}/s", thousands(per_sec));
+        if let Some(p) = &e.beside {
+            measured.push_str(&format!("; pgbench beside it {}/s", thousands(p.tps)));
+        }
+        let target = base.map_or("50% of pgbench".to_owned(), |p| {
+            format!(
+                "≥ {}/s (50% of pgbench{beside})",
+                thousands(p.tps * INTAKE_RATIO)
+            )
+        });
         rows.push(Row {
             figure: format!("{what} throughput{at}"),
-            measured: format!("{}/s", thousands(e.max.per_sec())),
-            target: pg,
+            measured,
+            target,
             vs_pgbench: ratio,
             result: verdict(r.map(|r| r >= INTAKE_RATIO)),
             cpu: self.cpu(&e.max_usage),
@@ -733,6 +753,55 @@ mod tests {
         assert_eq!(ms(Duration::from_micros(2500)), "2.5 ms");
         assert_eq!(ms(Duration::from_millis(42)), "42 ms");
         assert_eq!(mb(45_300_000), "45.3 MB");
+    }
+
+    fn pgbench(tps: f64) -> PgbenchResult {
+        PgbenchResult {
+            tps,
+            latency_ms: 1.0,
+            transactions: 1,
+            latencies: Vec::new(),
+        }
+    }
+
+    fn endpoint(per_sec: u64, beside: Option<f64>) -> Endpoint {
+        let load = |ok| crate::bench::load::LoadResult {
+            ok,
+            elapsed: Duration::from_secs(1),
+            latencies: vec![Duration::from_millis(1); 100],
+            ..Default::default()
+        };
+        Endpoint {
+            pending: 10_000,
+            beside: beside.map(pgbench),
+            max: load(per_sec),
+            max_usage: Usage::default(),
+            half: load(per_sec / 2),
+            half_rate: per_sec as f64 / 2.0,
+            half_usage: Usage::default(),
+            applying: None,
+        }
+    }
+
+    /// The throughput is judged against pgbench run beside it, the first
+    /// run's share shown too; without one, against the first run.
+    #[test]
+    fn throughput_is_judged_against_pgbench_beside_it() {
+        let r = Results {
+            pgbench: Some(pgbench(20_000.0)),
+            ..Default::default()
+        };
+        let mut rows = Vec::new();
+        r.endpoint_rows(&mut rows, "intake", &endpoint(6_000, Some(10_000.0)), false);
+        assert_eq!(rows[0].vs_pgbench, "0.60 (0.30 of the first)");
+        assert_eq!(rows[0].result, "pass");
+        assert!(rows[0].target.contains("≥ 5,000/s"), "{}", rows[0].target);
+        assert!(rows[0].measured.contains("beside it 10,000/s"));
+
+        let mut rows = Vec::new();
+        r.endpoint_rows(&mut rows, "intake", &endpoint(6_000, None), false);
+        assert_eq!(rows[0].vs_pgbench, "0.30");
+        assert_eq!(rows[0].result, "FAIL");
     }
 
     #[test]

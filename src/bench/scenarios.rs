@@ -9,7 +9,7 @@ use chrono::{DateTime, SecondsFormat, TimeDelta, Utc};
 use serde_json::json;
 use tokio::time::Instant;
 
-use super::db::{self, phone};
+use super::db::{self, phone, PgbenchResult};
 use super::load::{self, LoadResult, MakeRequest};
 use super::probe::{self, Usage};
 use super::Bench;
@@ -19,6 +19,9 @@ use super::Bench;
 pub struct Endpoint {
     /// Pending messages when the measurement started.
     pub pending: i64,
+    /// pgbench flat out right before the closed loop: the throughput's
+    /// baseline (see `Bench::pgbench_beside`).
+    pub beside: Option<PgbenchResult>,
     /// Closed loop at the configured concurrency.
     pub max: LoadResult,
     pub max_usage: Usage,
@@ -208,6 +211,7 @@ impl Bench {
     /// POST /v1/messages: closed loop at the configured concurrency, then
     /// open loop at half the rate it reached.
     pub async fn intake(&mut self, label: &str) -> anyhow::Result<Endpoint> {
+        let beside = self.pgbench_beside("intake").await?;
         let pending = db::pending(&self.pool).await?;
         let before = db::max_id(&self.pool).await?;
         let make = |part: &'static str| -> MakeRequest {
@@ -240,6 +244,7 @@ impl Bench {
         db::delete_after(&self.pool, before).await?;
         Ok(Endpoint {
             pending,
+            beside,
             max,
             max_usage: probe::usage(&s0, &s1),
             half,
@@ -317,6 +322,9 @@ impl Bench {
     /// closed loop, then open loop at half the rate. Each event is new and
     /// moves its message to `delivered`, as a real delivery report does.
     pub async fn webhooks(&mut self) -> anyhow::Result<Endpoint> {
+        // Before the setup, whose checkpoint then starts the measurement
+        // clean of pgbench's WAL.
+        let beside = self.pgbench_beside("webhooks").await?;
         let pending = db::pending(&self.pool).await?;
         let before = db::max_id(&self.pool).await?;
         let p = &self.plan;
@@ -398,6 +406,7 @@ impl Bench {
             .await?;
         Ok(Endpoint {
             pending,
+            beside,
             max,
             max_usage: probe::usage(&s0, &s1),
             half,
