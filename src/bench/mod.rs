@@ -13,6 +13,7 @@
 //! and whether it was met.
 
 mod db;
+mod disk;
 mod load;
 mod probe;
 mod report;
@@ -259,6 +260,7 @@ async fn run_on(plan: Plan, url: &str, tag: String) -> anyhow::Result<Results> {
         notes: Vec::new(),
         pgbench_exe: None,
     };
+    bench.probe.watch_disk().await;
     let mut results = Results::new(&bench).await;
     println!("{}", results.header());
     let outcome = bench.all(&mut results).await;

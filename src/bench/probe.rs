@@ -6,13 +6,16 @@
 //! server), read from /proc. Backends that exit between two readings are
 //! not counted anywhere but in the machine's total ("other"): on a shared
 //! server, that is mostly other people's short connections; and the database's commits and WAL flushes, read from
-//! PostgreSQL's statistics. Linux only; elsewhere the CPU figures are absent.
+//! PostgreSQL's statistics; and the stalls of the disk under PostgreSQL
+//! (`disk`). Linux only; elsewhere the CPU figures are absent.
 
 use std::collections::HashMap;
 use std::time::Duration;
 
 use sqlx::PgPool;
 use tokio::time::Instant;
+
+use super::disk::{self, DiskWatch, Stalls};
 
 /// The kernel's unit for the CPU times in /proc (USER_HZ), 100 on every
 /// Linux architecture this runs on.
@@ -37,6 +40,8 @@ pub struct Sample {
     commits: i64,
     wal_syncs: i64,
     wal_bytes: i64,
+    /// The disk's stalls so far, when it is watched.
+    disk: Option<Stalls>,
 }
 
 /// The difference between two readings.
@@ -58,6 +63,9 @@ pub struct Usage {
     pub commits: i64,
     pub wal_syncs: i64,
     pub wal_bytes: i64,
+    /// Stalls of PostgreSQL's disk of at least [`disk::STALL`], longest
+    /// first; None when the disk is not watched.
+    pub disk_stalls: Option<Vec<Duration>>,
 }
 
 impl Usage {
@@ -99,6 +107,7 @@ pub struct Probe {
     /// The benchmark's database: backends connected to another one work
     /// for someone else.
     database: String,
+    pub disk: Option<DiskWatch>,
 }
 
 impl Probe {
@@ -107,7 +116,18 @@ impl Probe {
             service_pid: None,
             pool,
             database: database.to_owned(),
+            disk: None,
         }
+    }
+
+    /// Starts watching the disk under PostgreSQL's data directory, if it is
+    /// on this machine and readable from here.
+    pub async fn watch_disk(&mut self) {
+        let dir: Option<String> = sqlx::query_scalar("SHOW data_directory")
+            .fetch_one(&self.pool)
+            .await
+            .ok();
+        self.disk = dir.as_deref().and_then(DiskWatch::start);
     }
 
     pub async fn sample(&self) -> Sample {
@@ -140,6 +160,7 @@ impl Probe {
             commits,
             wal_syncs,
             wal_bytes,
+            disk: self.disk.as_ref().map(|d| d.stalls.clone()),
         }
     }
 }
@@ -177,6 +198,10 @@ pub fn usage(earlier: &Sample, later: &Sample) -> Usage {
         commits: later.commits - earlier.commits,
         wal_syncs: later.wal_syncs - earlier.wal_syncs,
         wal_bytes: later.wal_bytes - earlier.wal_bytes,
+        disk_stalls: later
+            .disk
+            .as_ref()
+            .map(|d| disk::between(d, earlier.at, later.at)),
     }
 }
 

@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use super::db::{self, PgbenchResult};
+use super::disk;
 use super::probe::{self, Usage};
 use super::scenarios::{Batch, Burst, Endpoint, Lateness, APPLY_PATIENCE};
 use super::Bench;
@@ -12,6 +13,7 @@ use super::Bench;
 pub struct Results {
     machine: String,
     postgres: String,
+    disk: String,
     plan: String,
     cores: usize,
     pub pgbench: Option<PgbenchResult>,
@@ -223,6 +225,14 @@ impl Results {
                 db::server_version(&bench.pool).await,
                 db::settings(&bench.pool).await
             ),
+            disk: match &bench.probe.disk {
+                Some(d) => format!(
+                    "its data directory on {}, watched for stalls of {} or more",
+                    d.device,
+                    ms(disk::STALL)
+                ),
+                None => "its disk not watched (its data directory is not on this machine)".into(),
+            },
             plan: format!(
                 "{} build; concurrency {}, {} s per measurement (+{} s warm-up), backlogs {} and {} \
                  pending, {} deadlines/s for {} s{}, {} messages by :batch, burst {}, rate limit {}/s \
@@ -264,10 +274,11 @@ impl Results {
 
     pub fn header(&self) -> String {
         format!(
-            "rbm-fallback bench, {}\n  machine: {}\n  {}\n  {}",
+            "rbm-fallback bench, {}\n  machine: {}\n  {}, {}\n  {}",
             chrono::Utc::now().format("%Y-%m-%d %H:%M UTC"),
             self.machine,
             self.postgres,
+            self.disk,
             self.plan
         )
     }
@@ -295,10 +306,15 @@ impl Results {
             .iter()
             .copied()
             .fold(("", -1.0), |a, b| if b.1 > a.1 { b } else { a });
-        if idle > 0.25 * cap {
+        let cpu = if idle > 0.25 * cap {
             format!("waits, CPU {:.0}% idle", 100.0 * idle / cap)
         } else {
             format!("CPU ({} {:.0}%)", top.0, top.1)
+        };
+        // A commit waits for its flush: a stalled disk holds every writer.
+        match u.disk_stalls.as_ref().and_then(|s| s.first()) {
+            Some(longest) => format!("{cpu}; disk stalled up to {}", ms(*longest)),
+            None => cpu,
         }
     }
 
@@ -619,8 +635,13 @@ impl Results {
             &body,
         ));
         out.push_str("\nWhere the time went (CPU in % of one core; ");
-        out.push_str(&format!("{}% is the whole machine):\n\n", 100 * self.cores));
-        let body: Vec<[String; 12]> = self
+        out.push_str(&format!(
+            "{}% is the whole machine; disk stalls: spans of {} or more in which PostgreSQL's \
+             disk completed nothing while requests waited on it):\n\n",
+            100 * self.cores,
+            ms(disk::STALL)
+        ));
+        let body: Vec<[String; 13]> = self
             .usages
             .iter()
             .map(|(phase, u)| {
@@ -647,6 +668,11 @@ impl Results {
                     thousands(u.commits_per_sec()),
                     thousands(u.wal_syncs_per_sec()),
                     format!("{:.1}", u.wal_mb_per_sec()),
+                    match &u.disk_stalls {
+                        None => "-".to_owned(),
+                        Some(s) if s.is_empty() => "0".to_owned(),
+                        Some(s) => format!("{}, longest {}", s.len(), ms(s[0])),
+                    },
                 ]
             })
             .collect();
@@ -664,6 +690,7 @@ impl Results {
                 "commits/s",
                 "WAL syncs/s",
                 "WAL MB/s",
+                "disk stalls",
             ],
             &body,
         ));
