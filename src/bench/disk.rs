@@ -5,8 +5,8 @@
 //!
 //! Read from /proc/diskstats every few milliseconds by a thread of its own
 //! (a runtime busy with the load would see stalls of its own), for the
-//! device holding PostgreSQL's data directory. Passive: it adds no I/O.
-//! Linux, and a server on this machine, only.
+//! device holding PostgreSQL's WAL, which every commit waits on. Passive: it
+//! adds no I/O. Linux, and a server on this machine, only.
 
 use std::os::unix::fs::MetadataExt;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -15,13 +15,21 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-/// How often the device's counters are read.
+/// How often the device's counters are read: a tenth of the shortest stall
+/// reported, so that its length is right to within that.
 const EVERY: Duration = Duration::from_millis(5);
 /// Shorter waits are a flush's ordinary time on a virtual disk.
 pub const STALL: Duration = Duration::from_millis(50);
 
-/// Stalls seen so far: when each ended, and how long it was.
-pub type Stalls = Arc<Mutex<Vec<(Instant, Duration)>>>;
+/// What the watch has seen: each stall's start and end; whether it stopped
+/// reading (its figures then end there, and are not shown).
+#[derive(Debug, Default)]
+pub struct Seen {
+    stalls: Mutex<Vec<(Instant, Instant)>>,
+    failed: AtomicBool,
+}
+
+pub type Stalls = Arc<Seen>;
 
 /// Watches one device until dropped.
 pub struct DiskWatch {
@@ -31,39 +39,47 @@ pub struct DiskWatch {
 }
 
 impl DiskWatch {
-    /// Watches the device holding `data_directory`; None when it cannot be
-    /// found here (a server on another machine, or no /proc).
-    pub fn start(data_directory: &str) -> Option<DiskWatch> {
-        let dev = std::fs::metadata(data_directory).ok()?.dev();
-        let (major, minor) = (libc_major(dev), libc_minor(dev));
-        let uevent =
-            std::fs::read_to_string(format!("/sys/dev/block/{major}:{minor}/uevent")).ok()?;
+    /// Watches the device holding `data_directory`'s WAL; why not, when it
+    /// cannot be read here.
+    pub fn start(data_directory: &str) -> Result<DiskWatch, String> {
+        // Through pg_wal: it may be a link to a disk of its own.
+        let wal = format!("{data_directory}/pg_wal");
+        let dev = std::fs::metadata(&wal)
+            .map_err(|e| format!("{wal} cannot be read here: {e}"))?
+            .dev();
+        let (major, minor) = (dev_major(dev), dev_minor(dev));
+        let uevent = std::fs::read_to_string(format!("/sys/dev/block/{major}:{minor}/uevent"))
+            .map_err(|_| format!("{wal} is on no block device ({major}:{minor})"))?;
         let device = uevent
             .lines()
-            .find_map(|l| l.strip_prefix("DEVNAME="))?
+            .find_map(|l| l.strip_prefix("DEVNAME="))
+            .ok_or("its block device has no name")?
             .to_owned();
-        read(&device)?;
-        let stalls = Stalls::default();
+        read(&device).ok_or_else(|| format!("/proc/diskstats has no line for {device}"))?;
+        let seen = Stalls::default();
         let stop = Arc::new(AtomicBool::new(false));
-        let (name, log, halt) = (device.clone(), stalls.clone(), stop.clone());
+        let (name, log, halt) = (device.clone(), seen.clone(), stop.clone());
         std::thread::Builder::new()
             .name("disk-watch".into())
             .spawn(move || {
                 let mut detector = Detector::default();
                 while !halt.load(Ordering::Relaxed) {
                     std::thread::sleep(EVERY);
-                    let Some(c) = read(&name) else { return };
-                    if let Some(stall) = detector.observe(c, Instant::now()) {
-                        if stall >= STALL {
-                            lock(&log).push((Instant::now(), stall));
+                    let Some(c) = read(&name) else {
+                        log.failed.store(true, Ordering::Relaxed);
+                        return;
+                    };
+                    if let Some((start, end)) = detector.observe(c, Instant::now()) {
+                        if end - start >= STALL {
+                            lock(&log.stalls).push((start, end));
                         }
                     }
                 }
             })
-            .ok()?;
-        Some(DiskWatch {
+            .map_err(|e| format!("no thread to watch it: {e}"))?;
+        Ok(DiskWatch {
             device,
-            stalls,
+            stalls: seen,
             stop,
         })
     }
@@ -75,15 +91,20 @@ impl Drop for DiskWatch {
     }
 }
 
-/// The stalls that ended in `(from, to]`, longest first.
-pub fn between(stalls: &Stalls, from: Instant, to: Instant) -> Vec<Duration> {
-    let mut v: Vec<Duration> = lock(stalls)
+/// The part of each stall that fell within `[from, to]`, longest first;
+/// None when the watch stopped reading. A stall still under way when this
+/// is asked is not known yet.
+pub fn between(seen: &Stalls, from: Instant, to: Instant) -> Option<Vec<Duration>> {
+    if seen.failed.load(Ordering::Relaxed) {
+        return None;
+    }
+    let mut v: Vec<Duration> = lock(&seen.stalls)
         .iter()
-        .filter(|(end, _)| *end > from && *end <= to)
-        .map(|(_, d)| *d)
+        .map(|&(start, end)| end.min(to).saturating_duration_since(start.max(from)))
+        .filter(|d| !d.is_zero())
         .collect();
     v.sort_unstable_by(|a, b| b.cmp(a));
-    v
+    Some(v)
 }
 
 /// A device's counters: requests completed (of every kind), and requests
@@ -100,8 +121,10 @@ fn read(device: &str) -> Option<Counters> {
 }
 
 /// One line of /proc/diskstats, if it is `device`'s: reads, writes,
-/// discards and flushes completed (fields 4, 8, 15 and 19; the last two on
-/// newer kernels), and I/Os in flight (field 12).
+/// discards and flushes completed (the kernel's iostats fields 1, 5, 12 and
+/// 16; the last two since Linux 4.18 and 5.5), and I/Os in flight (field 9).
+/// The line starts with the device's numbers and name, so field n is at
+/// index n + 2.
 fn parse(line: &str, device: &str) -> Option<Counters> {
     let f: Vec<&str> = line.split_whitespace().collect();
     if f.get(2) != Some(&device) {
@@ -114,42 +137,41 @@ fn parse(line: &str, device: &str) -> Option<Counters> {
     })
 }
 
-/// Turns successive readings into stalls: from the first reading with
-/// requests waiting and nothing completed since the one before, until the
-/// next reading in which something completed or nothing waits.
+/// Turns successive readings into stalls: from the last reading before
+/// requests waited with nothing completing, until the first reading in
+/// which something completed or nothing waits.
 #[derive(Default)]
 struct Detector {
-    last: Option<Counters>,
+    last: Option<(Counters, Instant)>,
     since: Option<Instant>,
 }
 
 impl Detector {
-    /// A reading at `at`; the length of a stall that it ends.
-    fn observe(&mut self, c: Counters, at: Instant) -> Option<Duration> {
-        let stuck = self
-            .last
-            .is_some_and(|l| l.completed == c.completed && c.in_flight > 0);
-        self.last = Some(c);
+    /// A reading at `at`; the start and end of a stall that it ends.
+    fn observe(&mut self, c: Counters, at: Instant) -> Option<(Instant, Instant)> {
+        let previous = self.last.replace((c, at));
+        let stuck = previous.is_some_and(|(l, _)| l.completed == c.completed && c.in_flight > 0);
         match (stuck, self.since) {
             (true, None) => {
-                self.since = Some(at);
+                self.since = previous.map(|(_, t)| t);
                 None
             }
             (true, Some(_)) => None,
             (false, since) => {
                 self.since = None;
-                since.map(|s| at.saturating_duration_since(s))
+                since.map(|s| (s, at))
             }
         }
     }
 }
 
-// The split of a `dev_t` as glibc encodes it (major 12 bits, minor 20).
-fn libc_major(dev: u64) -> u64 {
+// glibc's `major()` and `minor()` of a 64-bit `dev_t`, by hand: std has
+// neither, and this is the one use the crate would have for `libc`.
+fn dev_major(dev: u64) -> u64 {
     ((dev >> 32) & 0xffff_f000) | ((dev >> 8) & 0x0000_0fff)
 }
 
-fn libc_minor(dev: u64) -> u64 {
+fn dev_minor(dev: u64) -> u64 {
     ((dev >> 12) & 0xffff_ff00) | (dev & 0x0000_00ff)
 }
 
@@ -194,15 +216,13 @@ mod tests {
         };
         let mut d = Detector::default();
         assert_eq!(d.observe(c(10, 1), at(0)), None);
-        // Waiting, nothing done: the stall starts at the first such reading.
+        // Waiting, nothing done: the stall runs from the last reading
+        // before.
         assert_eq!(d.observe(c(10, 1), at(5)), None);
         assert_eq!(d.observe(c(10, 2), at(10)), None);
         assert_eq!(d.observe(c(10, 2), at(205)), None);
         // Something completed: it ends.
-        assert_eq!(
-            d.observe(c(12, 1), at(210)),
-            Some(Duration::from_millis(205))
-        );
+        assert_eq!(d.observe(c(12, 1), at(210)), Some((at(0), at(210))));
         // Idle is not a stall: nothing waits.
         assert_eq!(d.observe(c(12, 0), at(215)), None);
         assert_eq!(d.observe(c(12, 0), at(300)), None);
@@ -214,7 +234,24 @@ mod tests {
     #[test]
     fn device_numbers_split_as_glibc_does() {
         // makedev(254, 0) and makedev(8, 17).
-        assert_eq!((libc_major(0xfe00), libc_minor(0xfe00)), (254, 0));
-        assert_eq!((libc_major(0x811), libc_minor(0x811)), (8, 17));
+        assert_eq!((dev_major(0xfe00), dev_minor(0xfe00)), (254, 0));
+        assert_eq!((dev_major(0x811), dev_minor(0x811)), (8, 17));
+    }
+
+    #[test]
+    fn a_phase_counts_the_part_of_each_stall_inside_it() {
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let seen = Stalls::default();
+        lock(&seen.stalls).extend([(at(0), at(100)), (at(150), at(400)), (at(900), at(1000))]);
+        let ms = |v: &[u64]| {
+            v.iter()
+                .map(|&m| Duration::from_millis(m))
+                .collect::<Vec<_>>()
+        };
+        // One straddles the start, one lies inside, one is after the end.
+        assert_eq!(between(&seen, at(50), at(500)), Some(ms(&[250, 50])));
+        seen.failed.store(true, Ordering::Relaxed);
+        assert_eq!(between(&seen, at(50), at(500)), None);
     }
 }

@@ -345,6 +345,7 @@ impl Bench {
             match self.intake("s").await {
                 Ok(e) => {
                     say(&report::endpoint_line(&e));
+                    r.beside_usage(&format!("intake, {p} pending"), &e);
                     r.usage(&format!("intake max, {p} pending"), e.max_usage.clone());
                     r.usage(&format!("intake half, {p} pending"), e.half_usage.clone());
                     r.intake_small = Some(e);
@@ -373,6 +374,7 @@ impl Bench {
             match self.webhooks().await {
                 Ok(e) => {
                     say(&report::endpoint_line(&e));
+                    r.beside_usage("webhooks", &e);
                     r.usage("webhooks max", e.max_usage.clone());
                     r.usage("webhooks half", e.half_usage.clone());
                     r.webhooks = Some(e);
@@ -423,6 +425,7 @@ impl Bench {
                 match self.intake("l").await {
                     Ok(e) => {
                         say(&report::endpoint_line(&e));
+                        r.beside_usage(&format!("intake, {p} pending"), &e);
                         r.usage(&format!("intake max, {p} pending"), e.max_usage.clone());
                         r.usage(&format!("intake half, {p} pending"), e.half_usage.clone());
                         r.intake_large = Some(e);
@@ -489,24 +492,15 @@ impl Bench {
             say(&format!("  skipped: {}", db::PGBENCH_MISSING));
             return Ok(None);
         };
-        // Measured while pgbench's connections are all open: their CPU time
-        // cannot be told from others' once they have exited.
-        let secs = self.pgbench_secs();
-        let probe = async {
-            tokio::time::sleep(Duration::from_millis(1500)).await;
-            let s0 = self.probe.sample().await;
-            tokio::time::sleep(Duration::from_secs(secs) - Duration::from_secs(3)).await;
-            (s0, self.probe.sample().await)
-        };
-        let (got, (s0, s1)) = tokio::join!(self.pgbench(&exe, None), probe);
-        match got? {
+        let (got, usage) = self.pgbench_probed(&exe).await?;
+        match got {
             Ok(p) => {
                 say(&format!(
                     "  {:.0} single-row INSERT transactions/s at {} clients \
                      ({} in all, {:.1} ms average latency)",
                     p.tps, self.plan.concurrency, p.transactions, p.latency_ms
                 ));
-                r.usage("pgbench", probe::usage(&s0, &s1));
+                r.usage("pgbench", usage);
                 let paced = p.tps * report::PACED_SHARE;
                 r.pgbench = Some(p);
                 // PostgreSQL's own latency at the rate where the latency
@@ -524,6 +518,24 @@ impl Bench {
             Err(e) => r.error("pgbench", e),
         }
         Ok(Some(exe))
+    }
+
+    /// pgbench flat out, with where the time went while it ran: sampled
+    /// while its connections are all open, since their CPU time cannot be
+    /// told from others' once they have exited.
+    async fn pgbench_probed(
+        &self,
+        exe: &std::path::Path,
+    ) -> anyhow::Result<(anyhow::Result<db::PgbenchResult>, probe::Usage)> {
+        let secs = self.pgbench_secs();
+        let probe = async {
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            let s0 = self.probe.sample().await;
+            tokio::time::sleep(Duration::from_secs(secs) - Duration::from_secs(3)).await;
+            (s0, self.probe.sample().await)
+        };
+        let (got, (s0, s1)) = tokio::join!(self.pgbench(exe, None), probe);
+        Ok((got?, probe::usage(&s0, &s1)))
     }
 
     fn pgbench_secs(&self) -> u64 {
@@ -561,15 +573,19 @@ impl Bench {
     pub(crate) async fn pgbench_beside(
         &mut self,
         what: &str,
-    ) -> anyhow::Result<Option<db::PgbenchResult>> {
+    ) -> anyhow::Result<Option<(db::PgbenchResult, probe::Usage)>> {
         let Some(exe) = self.pgbench_exe.clone() else {
             return Ok(None);
         };
         say(&format!("  pgbench beside {what} ..."));
-        match self.pgbench(&exe, None).await? {
+        let (got, usage) = self.pgbench_probed(&exe).await?;
+        // What follows starts from a clean checkpoint, as after a backlog's
+        // load, not behind pgbench's WAL.
+        db::checkpoint(&self.pool).await;
+        match got {
             Ok(p) => {
                 say(&format!("    {:.0} transactions/s", p.tps));
-                Ok(Some(p))
+                Ok(Some((p, usage)))
             }
             Err(e) => {
                 self.notes.push(format!(

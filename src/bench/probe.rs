@@ -63,8 +63,8 @@ pub struct Usage {
     pub commits: i64,
     pub wal_syncs: i64,
     pub wal_bytes: i64,
-    /// Stalls of PostgreSQL's disk of at least [`disk::STALL`], longest
-    /// first; None when the disk is not watched.
+    /// Stalls of PostgreSQL's disk of at least [`disk::STALL`], the part of
+    /// each within the phase, longest first; None when it is not watched.
     pub disk_stalls: Option<Vec<Duration>>,
 }
 
@@ -107,7 +107,8 @@ pub struct Probe {
     /// The benchmark's database: backends connected to another one work
     /// for someone else.
     database: String,
-    pub disk: Option<DiskWatch>,
+    /// The watch of PostgreSQL's disk, or why there is none.
+    pub disk: Result<DiskWatch, String>,
 }
 
 impl Probe {
@@ -116,18 +117,20 @@ impl Probe {
             service_pid: None,
             pool,
             database: database.to_owned(),
-            disk: None,
+            disk: Err("not started".into()),
         }
     }
 
-    /// Starts watching the disk under PostgreSQL's data directory, if it is
-    /// on this machine and readable from here.
+    /// Starts watching the disk under PostgreSQL's WAL, if it is on this
+    /// machine and readable from here.
     pub async fn watch_disk(&mut self) {
-        let dir: Option<String> = sqlx::query_scalar("SHOW data_directory")
+        self.disk = match sqlx::query_scalar::<_, String>("SHOW data_directory")
             .fetch_one(&self.pool)
             .await
-            .ok();
-        self.disk = dir.as_deref().and_then(DiskWatch::start);
+        {
+            Ok(dir) => DiskWatch::start(&dir),
+            Err(e) => Err(format!("the server would not say where its data is: {e}")),
+        };
     }
 
     pub async fn sample(&self) -> Sample {
@@ -160,7 +163,7 @@ impl Probe {
             commits,
             wal_syncs,
             wal_bytes,
-            disk: self.disk.as_ref().map(|d| d.stalls.clone()),
+            disk: self.disk.as_ref().ok().map(|d| d.stalls.clone()),
         }
     }
 }
@@ -201,7 +204,7 @@ pub fn usage(earlier: &Sample, later: &Sample) -> Usage {
         disk_stalls: later
             .disk
             .as_ref()
-            .map(|d| disk::between(d, earlier.at, later.at)),
+            .and_then(|d| disk::between(d, earlier.at, later.at)),
     }
 }
 

@@ -52,6 +52,9 @@ const LATE_MAX_MS: f64 = 250.0;
 const BURST_PER_SEC: f64 = 5_000.0;
 const FLAT_CHANGE: f64 = 0.2;
 const RSS_BYTES: u64 = 100_000_000;
+/// The share of a phase the disk's stalls must add up to before the limit
+/// column names them: half the requests a p99 leaves out.
+const STALLED_SHARE: f64 = 0.005;
 
 /// `per_sec` as a share of `base`'s rate, printed and as a number.
 fn share(per_sec: f64, base: Option<&PgbenchResult>) -> (String, Option<f64>) {
@@ -226,12 +229,12 @@ impl Results {
                 db::settings(&bench.pool).await
             ),
             disk: match &bench.probe.disk {
-                Some(d) => format!(
-                    "its data directory on {}, watched for stalls of {} or more",
+                Ok(d) => format!(
+                    "its WAL on {}, watched for stalls of {} or more",
                     d.device,
                     ms(disk::STALL)
                 ),
-                None => "its disk not watched (its data directory is not on this machine)".into(),
+                Err(why) => format!("its disk not watched ({why})"),
             },
             plan: format!(
                 "{} build; concurrency {}, {} s per measurement (+{} s warm-up), backlogs {} and {} \
@@ -283,6 +286,13 @@ impl Results {
         )
     }
 
+    /// Where the time went in the pgbench run beside an endpoint's figure.
+    pub fn beside_usage(&mut self, what: &str, e: &Endpoint) {
+        if let Some((_, u)) = &e.beside {
+            self.usage(&format!("pgbench beside {what}"), u.clone());
+        }
+    }
+
     pub fn usage(&mut self, phase: &str, u: Usage) {
         self.usages.push((phase.to_owned(), u));
     }
@@ -312,9 +322,19 @@ impl Results {
             format!("CPU ({} {:.0}%)", top.0, top.1)
         };
         // A commit waits for its flush: a stalled disk holds every writer.
-        match u.disk_stalls.as_ref().and_then(|s| s.first()) {
-            Some(longest) => format!("{cpu}; disk stalled up to {}", ms(*longest)),
-            None => cpu,
+        // Named where the stalls add up to enough of the phase for a p99 to
+        // fall in them.
+        let stalls = u.disk_stalls.as_deref().unwrap_or_default();
+        let stalled: Duration = stalls.iter().sum();
+        match stalls.first() {
+            Some(longest) if stalled.as_secs_f64() >= STALLED_SHARE * u.wall.as_secs_f64() => {
+                format!(
+                    "{cpu}; disk stalled {} in all (longest {})",
+                    ms(stalled),
+                    ms(*longest)
+                )
+            }
+            _ => cpu,
         }
     }
 
@@ -346,7 +366,7 @@ impl Results {
         // Judged against pgbench run right before it where there is one,
         // else against the first run; the share of the first is shown too.
         let (base, beside) = match &e.beside {
-            Some(p) => (Some(p), " beside it"),
+            Some((p, _)) => (Some(p), " beside it"),
             None => (self.pgbench.as_ref(), ""),
         };
         let per_sec = e.max.per_sec();
@@ -355,7 +375,7 @@ impl Results {
             ratio.push_str(&format!(" ({first} of the first)"));
         }
         let mut measured = format!("{}/s", thousands(per_sec));
-        if let Some(p) = &e.beside {
+        if let Some((p, _)) = &e.beside {
             measured.push_str(&format!("; pgbench beside it {}/s", thousands(p.tps)));
         }
         let target = base.map_or("50% of pgbench".to_owned(), |p| {
@@ -636,8 +656,8 @@ impl Results {
         ));
         out.push_str("\nWhere the time went (CPU in % of one core; ");
         out.push_str(&format!(
-            "{}% is the whole machine; disk stalls: spans of {} or more in which PostgreSQL's \
-             disk completed nothing while requests waited on it):\n\n",
+            "{}% is the whole machine; disk stalls: spans of {} or more in which the disk under \
+             PostgreSQL's WAL completed nothing while requests waited on it):\n\n",
             100 * self.cores,
             ms(disk::STALL)
         ));
@@ -800,7 +820,7 @@ mod tests {
         };
         Endpoint {
             pending: 10_000,
-            beside: beside.map(pgbench),
+            beside: beside.map(|tps| (pgbench(tps), Usage::default())),
             max: load(per_sec),
             max_usage: Usage::default(),
             half: load(per_sec / 2),

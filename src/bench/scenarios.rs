@@ -20,8 +20,8 @@ pub struct Endpoint {
     /// Pending messages when the measurement started.
     pub pending: i64,
     /// pgbench flat out right before the closed loop: the throughput's
-    /// baseline (see `Bench::pgbench_beside`).
-    pub beside: Option<PgbenchResult>,
+    /// baseline (see `Bench::pgbench_beside`), and where the time went in it.
+    pub beside: Option<(PgbenchResult, Usage)>,
     /// Closed loop at the configured concurrency.
     pub max: LoadResult,
     pub max_usage: Usage,
