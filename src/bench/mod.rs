@@ -345,9 +345,7 @@ impl Bench {
             match self.intake("s").await {
                 Ok(e) => {
                     say(&report::endpoint_line(&e));
-                    r.beside_usage(&format!("intake, {p} pending"), &e);
-                    r.usage(&format!("intake max, {p} pending"), e.max_usage.clone());
-                    r.usage(&format!("intake half, {p} pending"), e.half_usage.clone());
+                    r.endpoint_usages("intake", Some(p), &e);
                     r.intake_small = Some(e);
                 }
                 Err(e) => r.error("intake", e),
@@ -374,9 +372,7 @@ impl Bench {
             match self.webhooks().await {
                 Ok(e) => {
                     say(&report::endpoint_line(&e));
-                    r.beside_usage("webhooks", &e);
-                    r.usage("webhooks max", e.max_usage.clone());
-                    r.usage("webhooks half", e.half_usage.clone());
+                    r.endpoint_usages("webhooks", None, &e);
                     r.webhooks = Some(e);
                 }
                 Err(e) => r.error("webhooks", e),
@@ -425,9 +421,7 @@ impl Bench {
                 match self.intake("l").await {
                     Ok(e) => {
                         say(&report::endpoint_line(&e));
-                        r.beside_usage(&format!("intake, {p} pending"), &e);
-                        r.usage(&format!("intake max, {p} pending"), e.max_usage.clone());
-                        r.usage(&format!("intake half, {p} pending"), e.half_usage.clone());
+                        r.endpoint_usages("intake", Some(p), &e);
                         r.intake_large = Some(e);
                     }
                     Err(e) => r.error("intake (large backlog)", e),

@@ -286,11 +286,15 @@ impl Results {
         )
     }
 
-    /// Where the time went in the pgbench run beside an endpoint's figure.
-    pub fn beside_usage(&mut self, what: &str, e: &Endpoint) {
+    /// Where the time went in an endpoint's phases: the pgbench run beside
+    /// it, full load, half load; `pending` names the backlog they ran on.
+    pub fn endpoint_usages(&mut self, what: &str, pending: Option<u64>, e: &Endpoint) {
+        let at = pending.map_or(String::new(), |p| format!(", {p} pending"));
         if let Some((_, u)) = &e.beside {
-            self.usage(&format!("pgbench beside {what}"), u.clone());
+            self.usage(&format!("pgbench beside {what}{at}"), u.clone());
         }
+        self.usage(&format!("{what} max{at}"), e.max_usage.clone());
+        self.usage(&format!("{what} half{at}"), e.half_usage.clone());
     }
 
     pub fn usage(&mut self, phase: &str, u: Usage) {
@@ -365,18 +369,18 @@ impl Results {
         };
         // Judged against pgbench run right before it where there is one,
         // else against the first run; the share of the first is shown too.
+        let per_sec = e.max.per_sec();
+        let mut measured = format!("{}/s", thousands(per_sec));
         let (base, beside) = match &e.beside {
-            Some((p, _)) => (Some(p), " beside it"),
+            Some((p, _)) => {
+                measured.push_str(&format!("; pgbench beside it {}/s", thousands(p.tps)));
+                (Some(p), " beside it")
+            }
             None => (self.pgbench.as_ref(), ""),
         };
-        let per_sec = e.max.per_sec();
         let (mut ratio, r) = share(per_sec, base);
         if let (Some(_), (first, Some(_))) = (&e.beside, self.ratio(per_sec)) {
             ratio.push_str(&format!(" ({first} of the first)"));
-        }
-        let mut measured = format!("{}/s", thousands(per_sec));
-        if let Some((p, _)) = &e.beside {
-            measured.push_str(&format!("; pgbench beside it {}/s", thousands(p.tps)));
         }
         let target = base.map_or("50% of pgbench".to_owned(), |p| {
             format!(
@@ -849,6 +853,29 @@ mod tests {
         r.endpoint_rows(&mut rows, "intake", &endpoint(6_000, None), false);
         assert_eq!(rows[0].vs_pgbench, "0.30");
         assert_eq!(rows[0].result, "FAIL");
+    }
+
+    /// The limit column names the disk's stalls only where they add up to
+    /// enough of the phase for a p99 to fall in them.
+    #[test]
+    fn stalls_are_named_where_they_add_up() {
+        let r = Results {
+            cores: 2,
+            ..Default::default()
+        };
+        let phase = |stalls: &[u64]| Usage {
+            wall: Duration::from_secs(10),
+            service: 19.0,
+            disk_stalls: Some(stalls.iter().map(|&m| Duration::from_millis(m)).collect()),
+            ..Default::default()
+        };
+        assert_eq!(r.cpu(&phase(&[])), "CPU (service 190%)");
+        // 40 ms of 10 s: under half the 1% a p99 leaves out.
+        assert_eq!(r.cpu(&phase(&[40])), "CPU (service 190%)");
+        assert_eq!(
+            r.cpu(&phase(&[120, 40])),
+            "CPU (service 190%); disk stalled 160 ms in all (longest 120 ms)"
+        );
     }
 
     #[test]
