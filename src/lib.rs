@@ -8,6 +8,7 @@
 //! [`google`] and [`twilio`]; [`app`] wires them; [`emulator`] and
 //! [`sandbox`] stand in for Google and Twilio.
 
+pub mod allocator;
 pub mod app;
 pub mod applier;
 pub mod bench;

@@ -86,6 +86,7 @@ enum Command {
 }
 
 fn main() -> std::process::ExitCode {
+    rbm_fallback::allocator::return_freed_memory_promptly();
     let cli = Cli::parse();
     // An invalid setting here is reported by the full load that follows.
     let otlp = Settings::load_telemetry(cli.config.as_deref()).ok();
