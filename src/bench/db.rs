@@ -333,18 +333,9 @@ pub struct PgbenchResult {
     pub latencies: Vec<Duration>,
 }
 
-/// Single-row INSERT transactions (`pgbench -n -f script -c C -j C -T secs`)
-/// into a table of their own in the benchmark database; with `rate`, paced
-/// at that many a second (`-R`), each transaction's latency logged (`-l`).
-pub async fn pgbench(
-    exe: &Path,
-    pool: &PgPool,
-    url: &str,
-    dir: &Path,
-    clients: usize,
-    secs: u64,
-    rate: Option<f64>,
-) -> anyhow::Result<PgbenchResult> {
+/// The baseline's script: single-row INSERT transactions into a table of
+/// their own in the benchmark database.
+pub async fn insert_script(pool: &PgPool, dir: &Path) -> anyhow::Result<PathBuf> {
     sqlx::query(
         "CREATE TABLE IF NOT EXISTS bench_pgbench (
              id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
@@ -355,11 +346,26 @@ pub async fn pgbench(
     .await?;
     let script = dir.join("pgbench-insert.sql");
     std::fs::write(&script, "INSERT INTO bench_pgbench (v) VALUES ('x');\n")?;
+    Ok(script)
+}
+
+/// `script` run by pgbench (`-n -f script -c C -j C -T secs`); with `rate`,
+/// paced at that many transactions a second (`-R`), each one's latency
+/// logged (`-l`).
+pub async fn pgbench(
+    exe: &Path,
+    url: &str,
+    script: &Path,
+    dir: &Path,
+    clients: usize,
+    secs: u64,
+    rate: Option<f64>,
+) -> anyhow::Result<PgbenchResult> {
     let parsed = reqwest::Url::parse(url)?;
     let mut cmd = tokio::process::Command::new(exe);
     cmd.arg("-n")
         .arg("-f")
-        .arg(&script)
+        .arg(script)
         .arg("-c")
         .arg(clients.to_string())
         .arg("-j")
@@ -459,9 +465,185 @@ fn parse_pgbench(out: &str) -> anyhow::Result<PgbenchResult> {
     })
 }
 
+/// The burst's steps, in the order a message takes them: the history entry
+/// each writes, the state it leaves, and what else of the row it sets. The
+/// values are of the shape the service writes; the instants and tokens are
+/// the database's.
+const PIPELINE: [(&str, &str, &str, &str, &str); 6] = [
+    (
+        "revoke_attempt",
+        "pending",
+        "revoking",
+        "due_at = i.at + interval '30 s', lease_token = gen_random_uuid(), attempts = 1",
+        r#"{"attempt": 1}"#,
+    ),
+    (
+        "revoke_ok",
+        "revoking",
+        "confirming",
+        "due_at = i.at + interval '1 s', lease_token = NULL, attempts = 0",
+        r#"{"status": 200, "sent_at": "2026-11-24T04:00:00.123456Z"}"#,
+    ),
+    (
+        "sms_attempt",
+        "confirming",
+        "sms_sending",
+        "due_at = i.at + interval '30 s', lease_token = gen_random_uuid(), attempts = 1",
+        r#"{"attempt": 1}"#,
+    ),
+    (
+        "sms_accepted",
+        "sms_sending",
+        "sms_sent",
+        "due_at = NULL, lease_token = NULL, attempts = 0, \
+         sms_sid = 'SM' || md5(m.id::text), sms_status = 'queued', outcome = 'sms'",
+        r#"{"sid": "SM0123456789abcdef0123456789abcdef", "status": "queued", "sent_at": "2026-11-24T04:00:00.123456Z"}"#,
+    ),
+    (
+        "sms_status",
+        "sms_sent",
+        "sms_sent",
+        "sms_status = 'sent'",
+        r#"{"status": "sent"}"#,
+    ),
+    (
+        "sms_status",
+        "sms_sent",
+        "sms_delivered",
+        "sms_status = 'delivered'",
+        r#"{"status": "delivered"}"#,
+    ),
+];
+
+/// The sequence that hands each pgbench transaction its block of messages.
+const CEILING_BLOCKS: &str = "bench_ceiling_blocks";
+
+/// What the burst asks of PostgreSQL for `batch` messages, as one pgbench
+/// transaction: each of the six steps a transaction of its own that locks
+/// the rows and writes the step (history entries and row update in one
+/// statement), as the service's batches do. It leaves out what the service
+/// adds (the claim's search of the due index, encoding its arrays, NOTIFY),
+/// so what it reaches is more than the service's database could.
+pub fn pipeline_script(batch: u64) -> String {
+    let mut s = format!(
+        "SELECT nextval('{CEILING_BLOCKS}') AS block \\gset\n\
+         \\set lo :block * {batch} + 1\n\
+         \\set hi :block * {batch} + {batch}\n"
+    );
+    for (kind, before, after, sets, detail) in PIPELINE {
+        s.push_str(&format!(
+            "BEGIN;\n\
+             SELECT * FROM messages WHERE id BETWEEN :lo AND :hi ORDER BY id FOR UPDATE;\n\
+             WITH i AS MATERIALIZED (SELECT clock_timestamp() AS at), \
+             history AS (INSERT INTO message_events (message_id, at, kind, state_before, state_after, detail) \
+             SELECT g, i.at, '{kind}', '{before}', '{after}', '{detail}'::jsonb \
+             FROM generate_series(:lo, :hi) AS g CROSS JOIN i) \
+             UPDATE messages AS m SET state = '{after}', {sets}, updated_at = i.at FROM i \
+             WHERE m.id BETWEEN :lo AND :hi RETURNING m.id, m.due_at, m.updated_at;\n\
+             COMMIT;\n"
+        ));
+    }
+    s
+}
+
+/// Readies the database for [`pipeline_script`]: `rows` pending messages
+/// with ids from 1, and blocks handed out from 0. Runs block 0 itself and
+/// checks that it took every message to the end with its six history
+/// entries, so a script the schema has outgrown fails here rather than
+/// measuring nothing. Returns the script's path.
+pub async fn ceiling_script(
+    pool: &PgPool,
+    dir: &Path,
+    batch: u64,
+    rows: u64,
+) -> anyhow::Result<PathBuf> {
+    sqlx::query("TRUNCATE messages, message_events RESTART IDENTITY")
+        .execute(pool)
+        .await?;
+    insert_pending(pool, "ceiling-", 0, rows, Utc::now(), 0).await?;
+    vacuum(pool).await?;
+    sqlx::raw_sql(&format!(
+        "DROP SEQUENCE IF EXISTS {CEILING_BLOCKS}; CREATE SEQUENCE {CEILING_BLOCKS} MINVALUE 0 START 0"
+    ))
+    .execute(pool)
+    .await?;
+    let script = pipeline_script(batch);
+    let block0 = script
+        .lines()
+        .filter(|l| !l.starts_with('\\') && !l.starts_with("SELECT nextval"))
+        .collect::<Vec<_>>()
+        .join("\n")
+        .replace(":lo", "1")
+        .replace(":hi", &batch.to_string());
+    sqlx::query(&format!("SELECT nextval('{CEILING_BLOCKS}')"))
+        .execute(pool)
+        .await?;
+    sqlx::raw_sql(&block0).execute(pool).await?;
+    let (done, steps): (i64, i64) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM messages WHERE id <= $1 AND state = 'sms_delivered'),
+                (SELECT count(*) FROM message_events WHERE message_id <= $1 AND kind <> 'registered')",
+    )
+    .bind(batch as i64)
+    .fetch_one(pool)
+    .await?;
+    anyhow::ensure!(
+        done as u64 == batch && steps as u64 == batch * PIPELINE.len() as u64,
+        "the pipeline script took {done} of {batch} messages to the end, with {steps} steps"
+    );
+    let path = dir.join("pgbench-pipeline.sql");
+    std::fs::write(&path, script)?;
+    Ok(path)
+}
+
+/// Messages the pipeline script reached: the blocks handed out, block 0
+/// (the check) included. More than `rows` means the last blocks found no
+/// rows left, and the rate would count work not done.
+pub async fn ceiling_reached(pool: &PgPool, batch: u64) -> anyhow::Result<u64> {
+    let last: i64 = sqlx::query_scalar(&format!("SELECT last_value FROM {CEILING_BLOCKS}"))
+        .fetch_one(pool)
+        .await?;
+    Ok((last as u64 + 1) * batch)
+}
+
+/// History entries a burst's step statements wrote at a time, on average
+/// (each statement stamps its entries with one instant): the batch size
+/// its writers reached.
+pub async fn steps_per_statement(pool: &PgPool, after: i64) -> anyhow::Result<Option<f64>> {
+    Ok(sqlx::query_scalar(
+        "SELECT count(*)::float8 / NULLIF(count(DISTINCT at), 0)
+         FROM message_events WHERE message_id > $1 AND kind <> 'registered'",
+    )
+    .bind(after)
+    .fetch_one(pool)
+    .await?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_pipeline_script_takes_each_block_through_six_steps_to_delivered() {
+        let mut state = "pending";
+        for (_, before, after, _, _) in PIPELINE {
+            assert_eq!(before, state, "each step starts where the last one left");
+            state = after;
+        }
+        assert_eq!(state, "sms_delivered");
+        let script = pipeline_script(61);
+        assert!(script.starts_with(&format!(
+            "SELECT nextval('{CEILING_BLOCKS}') AS block \\gset\n"
+        )));
+        assert!(script.contains("\\set lo :block * 61 + 1\n\\set hi :block * 61 + 61\n"));
+        assert_eq!(script.matches("BEGIN;").count(), 6);
+        assert_eq!(script.matches("FOR UPDATE;").count(), 6);
+        assert_eq!(script.matches("INSERT INTO message_events").count(), 6);
+        assert_eq!(script.matches("COMMIT;").count(), 6);
+        // pgbench reads one statement a line.
+        assert!(script
+            .lines()
+            .all(|l| l.starts_with('\\') || l.ends_with(';') || l.ends_with("\\gset")));
+    }
 
     #[test]
     fn reads_pgbench_output() {

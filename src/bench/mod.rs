@@ -30,6 +30,12 @@ use crate::emulator::google::PhoneBehaviour;
 use crate::sandbox::{self, free_port, Rig, SandboxConfig, ServiceProcess};
 use probe::Probe;
 use report::Results;
+use scenarios::Ceiling;
+
+/// pgbench clients for the burst's database work alone: about the statements
+/// the service has in flight in a burst (claims, and two batches of results
+/// being written); more measured no faster.
+const CEILING_CLIENTS: usize = 4;
 
 const DEFAULT_SERVER: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 
@@ -464,8 +470,26 @@ impl Bench {
                     r.usage(name, b.usage.clone());
                     if limited {
                         r.burst_limited = Some(b);
-                    } else {
-                        r.burst = Some(b);
+                        continue;
+                    }
+                    let batch = b.steps_per_statement;
+                    r.burst = Some(b);
+                    let exe = self.pgbench_exe.clone().or_else(db::find_pgbench);
+                    if let (Some(exe), Some(batch)) = (exe, batch) {
+                        say("  its database work alone, in pgbench ...");
+                        // Nothing else may take the rows it loads.
+                        self.stop_service();
+                        match self.burst_ceiling(&exe, batch).await {
+                            Ok(c) => {
+                                say(&format!(
+                                    "    {:.0} messages/s in statements of {}",
+                                    c.per_sec, c.batch
+                                ));
+                                r.usage("burst's database work alone", c.usage.clone());
+                                r.burst_ceiling = Some(c);
+                            }
+                            Err(e) => r.error("the burst's database work alone", e),
+                        }
                     }
                 }
                 Err(e) => r.error(name, e),
@@ -521,6 +545,13 @@ impl Bench {
         &self,
         exe: &std::path::Path,
     ) -> anyhow::Result<(anyhow::Result<db::PgbenchResult>, probe::Usage)> {
+        let (got, usage) = self.probed(self.pgbench(exe, None)).await;
+        Ok((got?, usage))
+    }
+
+    /// A pgbench run with where the time went while it ran, sampled while
+    /// its connections are all open.
+    async fn probed<T>(&self, run: impl std::future::Future<Output = T>) -> (T, probe::Usage) {
         let secs = self.pgbench_secs();
         let probe = async {
             tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -528,8 +559,8 @@ impl Bench {
             tokio::time::sleep(Duration::from_secs(secs) - Duration::from_secs(3)).await;
             (s0, self.probe.sample().await)
         };
-        let (got, (s0, s1)) = tokio::join!(self.pgbench(exe, None), probe);
-        Ok((got?, probe::usage(&s0, &s1)))
+        let (got, (s0, s1)) = tokio::join!(run, probe);
+        (got, probe::usage(&s0, &s1))
     }
 
     fn pgbench_secs(&self) -> u64 {
@@ -544,10 +575,11 @@ impl Bench {
         exe: &std::path::Path,
         rate: Option<f64>,
     ) -> anyhow::Result<anyhow::Result<db::PgbenchResult>> {
+        let script = db::insert_script(&self.pool, self.rig.dir()).await?;
         let run = db::pgbench(
             exe,
-            &self.pool,
             &self.rig.database_url,
+            &script,
             self.rig.dir(),
             self.plan.concurrency,
             self.pgbench_secs(),
@@ -588,6 +620,41 @@ impl Bench {
                 Ok(None)
             }
         }
+    }
+
+    /// PostgreSQL alone doing what the burst asked of it, flat out: the
+    /// pipeline's six steps a message, in statements of as many messages as
+    /// the burst's own reached (`db::pipeline_script`). What it reaches is
+    /// more than the service's database could do with the whole machine.
+    async fn burst_ceiling(&self, exe: &std::path::Path, batch: f64) -> anyhow::Result<Ceiling> {
+        // As many rows as a run at 15,000 messages a second would take.
+        let batch = (batch.round() as u64).max(1);
+        let rows = (self.pgbench_secs() * 15_000).max(batch * 10);
+        let script = db::ceiling_script(&self.pool, self.rig.dir(), batch, rows).await?;
+        db::checkpoint(&self.pool).await;
+        let (run, usage) = self
+            .probed(db::pgbench(
+                exe,
+                &self.rig.database_url,
+                &script,
+                self.rig.dir(),
+                CEILING_CLIENTS,
+                self.pgbench_secs(),
+                None,
+            ))
+            .await;
+        let run = run?;
+        let reached = db::ceiling_reached(&self.pool, batch).await?;
+        anyhow::ensure!(
+            reached <= rows,
+            "pgbench ran out of messages ({reached} wanted, {rows} loaded)"
+        );
+        db::truncate(&self.pool).await?;
+        Ok(Ceiling {
+            batch,
+            per_sec: run.tps * batch as f64,
+            usage,
+        })
     }
 
     /// pgbench flat out once more, after the scenarios: how far the machine

@@ -5,7 +5,7 @@ use std::time::Duration;
 use super::db::{self, PgbenchResult};
 use super::disk;
 use super::probe::{self, Usage};
-use super::scenarios::{Batch, Burst, Endpoint, Lateness, APPLY_PATIENCE};
+use super::scenarios::{Batch, Burst, Ceiling, Endpoint, Lateness, APPLY_PATIENCE};
 use super::Bench;
 
 /// Everything a run measured.
@@ -33,6 +33,7 @@ pub struct Results {
     pub rss_large: Option<(u64, (u64, u64))>,
     pub burst: Option<Burst>,
     pub burst_limited: Option<Burst>,
+    pub burst_ceiling: Option<Ceiling>,
     usages: Vec<(String, Usage)>,
     errors: Vec<(String, String)>,
     pub notes: Vec<String>,
@@ -535,6 +536,19 @@ impl Results {
                 vs_pgbench: v.map_or("-".into(), |v| self.ratio(v).0),
                 result: verdict(v.map(|v| v >= BURST_PER_SEC && complete)),
                 cpu: self.cpu(&b.usage),
+            });
+        }
+        if let Some(c) = &self.burst_ceiling {
+            rows.push(Row {
+                figure: format!(
+                    "the burst's database work alone (pgbench, {} messages a statement)",
+                    c.batch
+                ),
+                measured: format!("{}/s", thousands(c.per_sec)),
+                target: "-".into(),
+                vs_pgbench: self.ratio(c.per_sec).0,
+                result: "-",
+                cpu: self.cpu(&c.usage),
             });
         }
         if let Some(b) = &self.burst_limited {

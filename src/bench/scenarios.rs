@@ -97,7 +97,20 @@ pub struct Burst {
     /// With rate limits on: when the calls left, and when the emulators
     /// received them.
     pub limits: Option<LimitCheck>,
+    /// Messages a statement of its steps carried, on average.
+    pub steps_per_statement: Option<f64>,
     pub notes: Vec<String>,
+}
+
+/// PostgreSQL alone doing the burst's database work (see
+/// `Bench::burst_ceiling`).
+#[derive(Debug, Clone)]
+pub struct Ceiling {
+    /// Messages a statement carried, as in the burst.
+    pub batch: u64,
+    /// Messages taken through all six steps a second.
+    pub per_sec: f64,
+    pub usage: Usage,
 }
 
 impl Burst {
@@ -682,6 +695,7 @@ impl Bench {
         // Let the last callbacks land before the next scenario.
         tokio::time::sleep(Duration::from_secs(1)).await;
         let states = db::states_after(&self.pool, before).await?;
+        let steps_per_statement = db::steps_per_statement(&self.pool, before).await?;
         let limits = if limited {
             let (google, twilio) = db::departures(&self.pool, before).await?;
             Some(check_limits(rate, (&google, &twilio), (&revokes, &sms)))
@@ -699,6 +713,7 @@ impl Bench {
             states,
             usage: probe::usage(&s0, &s1),
             limits,
+            steps_per_statement,
             notes,
         })
     }
