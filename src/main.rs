@@ -86,8 +86,13 @@ enum Command {
 }
 
 fn main() -> std::process::ExitCode {
-    rbm_fallback::allocator::return_freed_memory_promptly();
     let cli = Cli::parse();
+    // The service's processes only: the bench and chaos drivers keep
+    // mimalloc's own behaviour, so their load is measured as before.
+    if matches!(cli.command, Command::Serve | Command::Sandbox { .. }) {
+        // SAFETY: no thread has started yet (clap spawns none).
+        unsafe { rbm_fallback::allocator::return_freed_memory_promptly() };
+    }
     // An invalid setting here is reported by the full load that follows.
     let otlp = Settings::load_telemetry(cli.config.as_deref()).ok();
     let telemetry = match rbm_fallback::telemetry::init(

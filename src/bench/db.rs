@@ -595,14 +595,38 @@ pub async fn ceiling_script(
     Ok(path)
 }
 
-/// Messages the pipeline script reached: the blocks handed out, block 0
-/// (the check) included. More than `rows` means the last blocks found no
-/// rows left, and the rate would count work not done.
-pub async fn ceiling_reached(pool: &PgPool, batch: u64) -> anyhow::Result<u64> {
+/// Checks that pgbench did the work it counted: each transaction it
+/// reported took a block of messages to the end with six history entries
+/// each (block 0, the check, besides), and no block ran past the rows loaded.
+/// An `UPDATE` that finds no rows is no error, so a script that missed its
+/// rows would otherwise be counted as fast.
+pub async fn ceiling_check(
+    pool: &PgPool,
+    batch: u64,
+    transactions: u64,
+    rows: u64,
+) -> anyhow::Result<()> {
     let last: i64 = sqlx::query_scalar(&format!("SELECT last_value FROM {CEILING_BLOCKS}"))
         .fetch_one(pool)
         .await?;
-    Ok((last as u64 + 1) * batch)
+    let handed = (last as u64 + 1) * batch;
+    anyhow::ensure!(
+        handed <= rows,
+        "pgbench ran out of messages ({handed} wanted, {rows} loaded)"
+    );
+    let (done, steps): (i64, i64) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM messages WHERE state = 'sms_delivered'),
+                (SELECT count(*) FROM message_events WHERE kind <> 'registered')",
+    )
+    .fetch_one(pool)
+    .await?;
+    let want = (transactions + 1) * batch;
+    anyhow::ensure!(
+        done as u64 == want && steps as u64 == want * PIPELINE.len() as u64,
+        "pgbench counted {transactions} transactions of {batch} messages, but {done} messages \
+         were taken to the end (with block 0, {want} expected), with {steps} steps"
+    );
+    Ok(())
 }
 
 /// History entries a burst's step statements wrote at a time, on average
@@ -639,7 +663,8 @@ mod tests {
         assert_eq!(script.matches("FOR UPDATE;").count(), 6);
         assert_eq!(script.matches("INSERT INTO message_events").count(), 6);
         assert_eq!(script.matches("COMMIT;").count(), 6);
-        // pgbench reads one statement a line.
+        // `ceiling_script` runs block 0 by dropping whole lines: the
+        // meta-commands and the block's draw.
         assert!(script
             .lines()
             .all(|l| l.starts_with('\\') || l.ends_with(';') || l.ends_with("\\gset")));
