@@ -465,54 +465,62 @@ fn parse_pgbench(out: &str) -> anyhow::Result<PgbenchResult> {
     })
 }
 
-/// The burst's steps, in the order a message takes them: the history entry
-/// each writes, the state it leaves, and what else of the row it sets. The
-/// values are of the shape the service writes; the instants and tokens are
-/// the database's.
-const PIPELINE: [(&str, &str, &str, &str, &str); 6] = [
-    (
-        "revoke_attempt",
-        "pending",
-        "revoking",
-        "due_at = i.at + interval '30 s', lease_token = gen_random_uuid(), attempts = 1",
-        r#"{"attempt": 1}"#,
-    ),
-    (
-        "revoke_ok",
-        "revoking",
-        "confirming",
-        "due_at = i.at + interval '1 s', lease_token = NULL, attempts = 0",
-        r#"{"status": 200, "sent_at": "2026-11-24T04:00:00.123456Z"}"#,
-    ),
-    (
-        "sms_attempt",
-        "confirming",
-        "sms_sending",
-        "due_at = i.at + interval '30 s', lease_token = gen_random_uuid(), attempts = 1",
-        r#"{"attempt": 1}"#,
-    ),
-    (
-        "sms_accepted",
-        "sms_sending",
-        "sms_sent",
-        "due_at = NULL, lease_token = NULL, attempts = 0, \
-         sms_sid = 'SM' || md5(m.id::text), sms_status = 'queued', outcome = 'sms'",
-        r#"{"sid": "SM0123456789abcdef0123456789abcdef", "status": "queued", "sent_at": "2026-11-24T04:00:00.123456Z"}"#,
-    ),
-    (
-        "sms_status",
-        "sms_sent",
-        "sms_sent",
-        "sms_status = 'sent'",
-        r#"{"status": "sent"}"#,
-    ),
-    (
-        "sms_status",
-        "sms_sent",
-        "sms_delivered",
-        "sms_status = 'delivered'",
-        r#"{"status": "delivered"}"#,
-    ),
+/// One of the burst's steps: the history entry it writes, the state it
+/// leaves, and what else of the row it sets. The values are of the shape the
+/// service writes; the instants and tokens are the database's.
+struct Step {
+    kind: &'static str,
+    before: &'static str,
+    after: &'static str,
+    sets: &'static str,
+    detail: &'static str,
+}
+
+/// The burst's steps, in the order a message takes them.
+const PIPELINE: [Step; 6] = [
+    Step {
+        kind: "revoke_attempt",
+        before: "pending",
+        after: "revoking",
+        sets: "due_at = i.at + interval '30 s', lease_token = gen_random_uuid(), attempts = 1",
+        detail: r#"{"attempt": 1}"#,
+    },
+    Step {
+        kind: "revoke_ok",
+        before: "revoking",
+        after: "confirming",
+        sets: "due_at = i.at + interval '1 s', lease_token = NULL, attempts = 0",
+        detail: r#"{"status": 200, "sent_at": "2026-11-24T04:00:00.123456Z"}"#,
+    },
+    Step {
+        kind: "sms_attempt",
+        before: "confirming",
+        after: "sms_sending",
+        sets: "due_at = i.at + interval '30 s', lease_token = gen_random_uuid(), attempts = 1",
+        detail: r#"{"attempt": 1}"#,
+    },
+    Step {
+        kind: "sms_accepted",
+        before: "sms_sending",
+        after: "sms_sent",
+        sets: "due_at = NULL, lease_token = NULL, attempts = 0, \
+               sms_sid = 'SM' || md5(m.id::text), sms_status = 'queued', outcome = 'sms'",
+        detail: r#"{"sid": "SM0123456789abcdef0123456789abcdef", "status": "queued", "sent_at": "2026-11-24T04:00:00.123456Z"}"#,
+    },
+    Step {
+        kind: "sms_status",
+        before: "sms_sent",
+        after: "sms_sent",
+        sets: "sms_status = 'sent'",
+        detail: r#"{"status": "sent"}"#,
+    },
+    Step {
+        kind: "sms_status",
+        before: "sms_sent",
+        after: "sms_delivered",
+        sets: "sms_status = 'delivered'",
+        detail: r#"{"status": "delivered"}"#,
+    },
 ];
 
 /// The sequence that hands each pgbench transaction its block of messages.
@@ -523,14 +531,21 @@ const CEILING_BLOCKS: &str = "bench_ceiling_blocks";
 /// the rows and writes the step (history entries and row update in one
 /// statement), as the service's batches do. It leaves out what the service
 /// adds (the claim's search of the due index, encoding its arrays, NOTIFY),
-/// so what it reaches is more than the service's database could.
+/// so what it reaches should be more than the service's database could.
 pub fn pipeline_script(batch: u64) -> String {
     let mut s = format!(
         "SELECT nextval('{CEILING_BLOCKS}') AS block \\gset\n\
          \\set lo :block * {batch} + 1\n\
          \\set hi :block * {batch} + {batch}\n"
     );
-    for (kind, before, after, sets, detail) in PIPELINE {
+    for Step {
+        kind,
+        before,
+        after,
+        sets,
+        detail,
+    } in PIPELINE
+    {
         s.push_str(&format!(
             "BEGIN;\n\
              SELECT * FROM messages WHERE id BETWEEN :lo AND :hi ORDER BY id FOR UPDATE;\n\
@@ -568,31 +583,28 @@ pub async fn ceiling_script(
     .execute(pool)
     .await?;
     let script = pipeline_script(batch);
-    let block0 = script
+    sqlx::query(&format!("SELECT nextval('{CEILING_BLOCKS}')"))
+        .execute(pool)
+        .await?;
+    sqlx::raw_sql(&block_sql(&script, 0, batch))
+        .execute(pool)
+        .await?;
+    ceiling_check(pool, batch, 0, rows).await?;
+    let path = dir.join("pgbench-pipeline.sql");
+    std::fs::write(&path, script)?;
+    Ok(path)
+}
+
+/// `script`'s work for one block of messages, as plain SQL: without the
+/// meta-commands that draw the block, its bounds written in.
+fn block_sql(script: &str, block: u64, batch: u64) -> String {
+    script
         .lines()
         .filter(|l| !l.starts_with('\\') && !l.starts_with("SELECT nextval"))
         .collect::<Vec<_>>()
         .join("\n")
-        .replace(":lo", "1")
-        .replace(":hi", &batch.to_string());
-    sqlx::query(&format!("SELECT nextval('{CEILING_BLOCKS}')"))
-        .execute(pool)
-        .await?;
-    sqlx::raw_sql(&block0).execute(pool).await?;
-    let (done, steps): (i64, i64) = sqlx::query_as(
-        "SELECT (SELECT count(*) FROM messages WHERE id <= $1 AND state = 'sms_delivered'),
-                (SELECT count(*) FROM message_events WHERE message_id <= $1 AND kind <> 'registered')",
-    )
-    .bind(batch as i64)
-    .fetch_one(pool)
-    .await?;
-    anyhow::ensure!(
-        done as u64 == batch && steps as u64 == batch * PIPELINE.len() as u64,
-        "the pipeline script took {done} of {batch} messages to the end, with {steps} steps"
-    );
-    let path = dir.join("pgbench-pipeline.sql");
-    std::fs::write(&path, script)?;
-    Ok(path)
+        .replace(":lo", &(block * batch + 1).to_string())
+        .replace(":hi", &(block * batch + batch).to_string())
 }
 
 /// Checks that pgbench did the work it counted: each transaction it
@@ -623,8 +635,9 @@ pub async fn ceiling_check(
     let want = (transactions + 1) * batch;
     anyhow::ensure!(
         done as u64 == want && steps as u64 == want * PIPELINE.len() as u64,
-        "pgbench counted {transactions} transactions of {batch} messages, but {done} messages \
-         were taken to the end (with block 0, {want} expected), with {steps} steps"
+        "block 0 and {transactions} more of {batch} messages were counted, but {done} messages \
+         of {want} were taken to the end, with {steps} steps ({} each expected)",
+        PIPELINE.len()
     );
     Ok(())
 }
@@ -649,9 +662,12 @@ mod tests {
     #[test]
     fn the_pipeline_script_takes_each_block_through_six_steps_to_delivered() {
         let mut state = "pending";
-        for (_, before, after, _, _) in PIPELINE {
-            assert_eq!(before, state, "each step starts where the last one left");
-            state = after;
+        for step in PIPELINE {
+            assert_eq!(
+                step.before, state,
+                "each step starts where the last one left"
+            );
+            state = step.after;
         }
         assert_eq!(state, "sms_delivered");
         let script = pipeline_script(61);
@@ -663,11 +679,69 @@ mod tests {
         assert_eq!(script.matches("FOR UPDATE;").count(), 6);
         assert_eq!(script.matches("INSERT INTO message_events").count(), 6);
         assert_eq!(script.matches("COMMIT;").count(), 6);
-        // `ceiling_script` runs block 0 by dropping whole lines: the
-        // meta-commands and the block's draw.
+        // `block_sql` drops whole lines: the meta-commands and the draw.
         assert!(script
             .lines()
             .all(|l| l.starts_with('\\') || l.ends_with(';') || l.ends_with("\\gset")));
+        let block = block_sql(&script, 2, 61);
+        assert!(!block.contains(":lo") && !block.contains(":hi"));
+        assert!(block.contains("BETWEEN 123 AND 183"));
+        assert!(block.contains("generate_series(123, 183)"));
+        assert!(!block.contains("nextval") && !block.contains("\\set"));
+    }
+
+    /// The ceiling counts only work the database did: pgbench's count is
+    /// checked against the messages its blocks took to the end, and against
+    /// the rows loaded. Needs the PostgreSQL the test suite runs against.
+    #[tokio::test]
+    async fn the_ceiling_counts_only_work_the_database_did() {
+        let server = std::env::var("TEST_DATABASE_URL")
+            .or_else(|_| std::env::var("DATABASE_URL"))
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+        let url = database_url(
+            &server,
+            &format!("rbmf_t_{}", uuid::Uuid::new_v4().simple()),
+        )
+        .unwrap();
+        crate::sandbox::ensure_database(&url).await.unwrap();
+        let checked = async {
+            let pool = pool(&url).await?;
+            crate::store::Store::new(pool.clone(), Duration::ZERO)
+                .migrate()
+                .await?;
+            let dir = std::env::temp_dir();
+            let (batch, rows) = (5, 30);
+            // Block 0 runs and is checked as the script is readied.
+            let script = std::fs::read_to_string(ceiling_script(&pool, &dir, batch, rows).await?)?;
+            anyhow::ensure!(
+                ceiling_check(&pool, batch, 1, rows).await.is_err(),
+                "a transaction counted but never run passed"
+            );
+            // Block 1, as a pgbench transaction would run it.
+            sqlx::query("SELECT nextval('bench_ceiling_blocks')")
+                .execute(&pool)
+                .await?;
+            sqlx::raw_sql(&block_sql(&script, 1, batch))
+                .execute(&pool)
+                .await?;
+            ceiling_check(&pool, batch, 1, rows).await?;
+            // Blocks drawn past the rows loaded find nothing to update.
+            sqlx::query("SELECT setval('bench_ceiling_blocks', 6)")
+                .execute(&pool)
+                .await?;
+            let Err(e) = ceiling_check(&pool, batch, 1, rows).await else {
+                anyhow::bail!("blocks past the rows loaded passed");
+            };
+            anyhow::ensure!(
+                e.to_string()
+                    .contains("ran out of messages (35 wanted, 30 loaded)"),
+                "{e}"
+            );
+            anyhow::Ok(())
+        }
+        .await;
+        crate::sandbox::drop_database(&url).await.unwrap();
+        checked.unwrap();
     }
 
     #[test]

@@ -474,29 +474,7 @@ impl Bench {
                     }
                     let batch = b.steps_per_statement;
                     r.burst = Some(b);
-                    let exe = self.pgbench_exe.clone().or_else(db::find_pgbench);
-                    if let (Some(_), None) = (&exe, batch) {
-                        r.error(
-                            "the burst's database work alone",
-                            anyhow::anyhow!("the burst wrote no steps to take its size from"),
-                        );
-                    }
-                    if let (Some(exe), Some(batch)) = (exe, batch) {
-                        say("  its database work alone, in pgbench ...");
-                        // Nothing else may take the rows it loads.
-                        self.stop_service();
-                        match self.burst_ceiling(&exe, batch).await {
-                            Ok(c) => {
-                                say(&format!(
-                                    "    {:.0} messages/s in statements of {}",
-                                    c.per_sec, c.batch
-                                ));
-                                r.usage("burst's database work alone", c.usage.clone());
-                                r.burst_ceiling = Some(c);
-                            }
-                            Err(e) => r.error("the burst's database work alone", e),
-                        }
-                    }
+                    self.burst_ceiling(r, batch).await;
                 }
                 Err(e) => r.error(name, e),
             }
@@ -628,15 +606,43 @@ impl Bench {
         }
     }
 
-    /// PostgreSQL alone doing what the burst asked of it, flat out: the
-    /// pipeline's six steps a message, in statements of as many messages as
-    /// the burst's own reached (`db::pipeline_script`). What it reaches is
-    /// more than the service's database could do with the whole machine.
-    async fn burst_ceiling(&self, exe: &std::path::Path, batch: f64) -> anyhow::Result<Ceiling> {
+    /// PostgreSQL alone doing what the burst asked of it, flat out, into
+    /// `r`: the pipeline's six steps a message, in statements of as many
+    /// messages as the burst's own carried (`batch`; `db::pipeline_script`).
+    /// It estimates the most the burst could reach here if nothing but the
+    /// database took CPU. Needs pgbench, like the baseline.
+    async fn burst_ceiling(&mut self, r: &mut Results, batch: Option<f64>) {
+        const WHAT: &str = "the burst's database work alone";
+        let Some(exe) = self.pgbench_exe.clone().or_else(db::find_pgbench) else {
+            return;
+        };
+        let Some(batch) = batch else {
+            r.error(
+                WHAT,
+                anyhow::anyhow!("the burst wrote no steps to take its size from"),
+            );
+            return;
+        };
+        say("  its database work alone, in pgbench ...");
+        // Nothing else may take the rows it loads.
+        self.stop_service();
+        match self.ceiling_run(&exe, (batch.round() as u64).max(1)).await {
+            Ok(c) => {
+                say(&format!(
+                    "    {:.0} messages/s in statements of {}",
+                    c.per_sec, c.batch
+                ));
+                r.usage("burst's database work alone", c.usage.clone());
+                r.burst_ceiling = Some(c);
+            }
+            Err(e) => r.error(WHAT, e),
+        }
+    }
+
+    async fn ceiling_run(&self, exe: &std::path::Path, batch: u64) -> anyhow::Result<Ceiling> {
         // As many rows as a run at 30,000 messages a second would take:
         // five times what this machine does, so that a faster one does not
         // run out.
-        let batch = (batch.round() as u64).max(1);
         let rows = (self.pgbench_secs() * 30_000).max(batch * 10);
         let script = db::ceiling_script(&self.pool, self.rig.dir(), batch, rows).await?;
         db::checkpoint(&self.pool).await;
